@@ -1,0 +1,92 @@
+"""The `recbook` command line.
+
+This is the one module that is not exported from a notebook: it only wires the chapters' functions to
+sub-commands, importing each chapter lazily so that `recbook data stats` does not pay for torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DATASET_HELP = "beauty (shipped), beauty-tiny (derived), or a dataset directory/file"
+
+
+def _add_dataset(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="beauty", help=DATASET_HELP)
+    parser.add_argument("--k-core", type=int, default=5, help="minimum interactions per user and item (default 5)")
+
+
+def data_stats(args) -> None:
+    from recbook.data import dataset_stats, load_dataset, stats_table
+
+    stats = dataset_stats(load_dataset(args.dataset, k=args.k_core))
+    print(json.dumps(stats, indent=1) if args.json else stats_table(stats).to_string())
+
+
+def prepare(args) -> None:
+    from recbook.data import load_dataset, write_dataset
+
+    ds = load_dataset(args.dataset, k=args.k_core)
+    for path in write_dataset(ds, args.out):
+        print(path)
+    print(ds)
+
+
+def quickstart(args) -> None:
+    from recbook.data import atomic_write, dataset_stats, load_dataset, save_overview_plots, stats_table
+
+    out = Path(args.out)
+    ds = load_dataset(args.dataset)
+    stats = dataset_stats(ds)
+    print(f"== {ds}\n")
+    print(stats_table(stats).to_string())
+    plots = save_overview_plots(ds, out / "plots")
+    with atomic_write(out / "data_summary.json") as f:
+        json.dump(stats, f, indent=1)
+    print(f"\nwrote {out / 'data_summary.json'}")
+    for path in plots:
+        print(f"wrote {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recbook", description="E-commerce user-interest modelling with BERT-style "
+                                     "transformers: the recbook course's library.")
+    parser.add_argument("--version", action="version", version=f"recbook {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="inspect datasets").add_subparsers(dest="data_command", required=True)
+    stats = data.add_parser("stats", help="print a dataset's statistics")
+    _add_dataset(stats)
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    stats.set_defaults(func=data_stats)
+
+    prep = commands.add_parser("prepare", help="preprocess a dataset and write it in the recbook schema")
+    _add_dataset(prep)
+    prep.add_argument("--out", required=True, help="output directory")
+    prep.set_defaults(func=prepare)
+
+    quick = commands.add_parser("quickstart", help="the main job on the shipped data: summary and plots")
+    quick.add_argument("--dataset", default="beauty", help=DATASET_HELP)
+    quick.add_argument("--out", default="recbook-output", help="where to write results (default recbook-output)")
+    quick.set_defaults(func=quickstart)
+    return parser
+
+
+def _version() -> str:
+    from recbook import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from recbook.data import DatasetError
+
+    try:
+        args.func(args)
+    except DatasetError as error:
+        print(f"recbook: error: {error}", file=sys.stderr)
+        return 2
+    return 0
