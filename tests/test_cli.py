@@ -1,0 +1,60 @@
+"""The `recbook` command line, run as a user would: as a separate process."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def recbook(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "recbook", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_data_stats_json_prints_the_benchmark_counts():
+    result = recbook("data", "stats", "--dataset", "beauty", "--json")
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)
+    assert (stats["users"], stats["items"], stats["interactions"]) == (22_363, 12_101, 198_502)
+    assert stats["loo_train_interactions"] == 153_776
+
+
+def test_data_stats_table_for_the_tiny_set():
+    result = recbook("data", "stats", "--dataset", "beauty-tiny")
+    assert result.returncode == 0, result.stderr
+    assert "users" in result.stdout and "455" in result.stdout
+
+
+def test_a_bad_dataset_directory_gets_a_clear_error(tmp_path):
+    (tmp_path / "interactions.csv").write_text("user_id,item_id,position\n1,10,0\n1,ten,1\n")
+    result = recbook("data", "stats", "--dataset", tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("recbook: error: ")
+    assert "interactions.csv, row 2, line 3, field 'item_id'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_prepare_writes_a_dataset_that_reads_back(tmp_path):
+    result = recbook("prepare", "--dataset", "beauty-tiny", "--out", tmp_path / "tiny")
+    assert result.returncode == 0, result.stderr
+    again = recbook("data", "stats", "--dataset", tmp_path / "tiny", "--json")
+    assert json.loads(again.stdout)["interactions"] == 5_970
+
+
+def test_quickstart_prints_the_summary_and_writes_the_plots(tmp_path):
+    result = recbook("quickstart", "--out", "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "22,363 users" in result.stdout and "loo_train_interactions" in result.stdout
+    plots = sorted(p.name for p in (tmp_path / "out" / "plots").iterdir())
+    assert plots == ["interactions_over_time.png", "item_popularity.png", "sequence_lengths.png",
+                     "top_categories_brands.png"]
+    assert json.loads((tmp_path / "out" / "data_summary.json").read_text())["users"] == 22_363
+
+
+def test_version_and_usage_errors():
+    from recbook import __version__
+
+    assert recbook("--version").stdout.strip() == f"recbook {__version__}"
+    missing = recbook("data")
+    assert missing.returncode == 2 and "usage:" in missing.stderr
