@@ -1,0 +1,81 @@
+"""The site: it builds offline with warnings as errors, and a real browser sees what a reader should see."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+COLAB = "https://colab.research.google.com/github/recbook/recbook/blob/main/{}.ipynb"
+
+
+def toc_files() -> list[str]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    return [toc["root"]] + [chapter["file"] for chapter in toc.get("chapters", [])]
+
+
+def test_toc_lists_every_chapter_in_order():
+    chapters = toc_files()[1:]
+    on_disk = sorted(f"nbs/{p.stem}" for p in (ROOT / "nbs").glob("[0-9]*.ipynb"))
+    assert chapters == on_disk  # every chapter listed, none missing, in numeric order
+    assert all((ROOT / f"{name}.ipynb").is_file() for name in toc_files())
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    "Build the book from a clean output folder, exactly as documented: -W -n --keep-going."
+    out = tmp_path_factory.mktemp("book")
+    result = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT), "--path-output",
+                             str(out), "-W", "-n", "--keep-going"], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-6000:]
+    return out / "_build" / "html"
+
+
+def browse(page: Path, tmp_path: Path) -> str:
+    "The page's DOM after a headless Chromium has loaded it and run its scripts."
+    if CHROMIUM is None:
+        if os.environ.get("RECBOOK_ALLOW_NO_BROWSER") == "1":
+            pytest.skip("chromium is not installed and RECBOOK_ALLOW_NO_BROWSER=1")
+        pytest.fail("chromium is not installed: run `bash tools/test.sh`, which installs Debian's chromium")
+    profile = tmp_path / f"profile-{page.stem}"
+    result = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                             f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "<html" in result.stdout, result.stderr[-3000:]
+    return result.stdout
+
+
+def visible_text(dom: str) -> str:
+    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
+    return re.sub(r"<[^>]+>", "\n", dom)
+
+
+def test_data_chapter_shows_its_plots_and_no_directives(site, tmp_path):
+    page = site / "nbs" / "01_data.html"
+    dom = browse(page, tmp_path)
+    images = [src for src in re.findall(r'<img[^>]+src="([^"]+\.png)"', dom)]
+    assert len(images) >= 4, images
+    assert all((page.parent / src).resolve().is_file() for src in images)
+    lines = [line.strip() for line in visible_text(dom).splitlines()]
+    assert not [line for line in lines if line.startswith("#|")]
+    assert "nbdev_export" not in dom and "default_exp" not in dom  # hidden cells are gone, not just folded
+    assert "Summary" in dom and "Exercises" in dom
+    assert "The outputs on this page were produced by the code above in full mode" in dom
+
+
+@pytest.mark.parametrize("name", toc_files())
+def test_every_chapter_page_opens_in_colab(site, tmp_path, name):
+    dom = browse(site / f"{name}.html", tmp_path)
+    assert COLAB.format(name) in dom
+
+
+def test_front_page_renders(site, tmp_path):
+    dom = browse(site / "nbs" / "index.html", tmp_path)
+    assert "recbook: e-commerce user-interest modelling with BERT" in dom
+    assert "22,363 users" in dom and 'href="01_data.html"' in dom
