@@ -50,6 +50,29 @@ def quickstart(args) -> None:
         print(f"wrote {path}")
 
 
+def evaluate(args) -> None:
+    from recbook.data import leave_one_out, load_dataset
+    from recbook.evaluation import evaluate_recommender, fit_baseline, load_recommender
+
+    ds = load_dataset(args.dataset)
+    split = leave_one_out(ds)
+    if args.model in ("pop", "itemknn"):
+        model = fit_baseline(args.model, split, args.split, ds.n_items)
+    else:
+        model = load_recommender(args.model)
+    if model.n_items != ds.n_items:
+        raise SystemExit(f"recbook: error: {args.model} was fitted on {model.n_items} items, "
+                         f"but {args.dataset} has {ds.n_items}")
+    report = {"model": args.model, "dataset": ds.name,
+              **evaluate_recommender(model, ds, split, args.split, k=args.k, seed=args.seed)}
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        width = max(map(len, report))
+        for name, value in report.items():
+            print(f"{name:<{width}}  {value:.4f}" if isinstance(value, float) else f"{name:<{width}}  {value}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recbook", description="E-commerce user-interest modelling with BERT-style "
                                      "transformers: the recbook course's library.")
@@ -66,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset(prep)
     prep.add_argument("--out", required=True, help="output directory")
     prep.set_defaults(func=prepare)
+
+    ev = commands.add_parser("evaluate", help="every evaluation metric for a baseline or a saved model")
+    ev.add_argument("--model", required=True, help="pop, itemknn, or a model directory (with recommender.json)")
+    ev.add_argument("--dataset", default="beauty", help=DATASET_HELP)
+    ev.add_argument("--k", type=int, default=10, help="list length for the @K metrics (default 10)")
+    ev.add_argument("--split", choices=["valid", "test"], default="test", help="which held-out item (default test)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the sampled negatives and impressions")
+    ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ev.set_defaults(func=evaluate)
 
     quick = commands.add_parser("quickstart", help="the main job on the shipped data: summary and plots")
     quick.add_argument("--dataset", default="beauty", help=DATASET_HELP)
@@ -86,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args.func(args)
-    except DatasetError as error:
+    except (DatasetError, ValueError) as error:  # DatasetError, EvaluationError: bad input, said plainly
         print(f"recbook: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -59,7 +59,7 @@ def visible_text(dom: str) -> str:
 def test_data_chapter_shows_its_plots_and_no_directives(site, tmp_path):
     page = site / "nbs" / "01_data.html"
     dom = browse(page, tmp_path)
-    images = [src for src in re.findall(r'<img[^>]+src="([^"]+\.png)"', dom)]
+    images = [src for src in re.findall(r'<img[^>]+src="([^"]+\.png)"', dom) if "/_images/" in src]
     assert len(images) >= 4, images
     assert all((page.parent / src).resolve().is_file() for src in images)
     lines = [line.strip() for line in visible_text(dom).splitlines()]
@@ -67,6 +67,12 @@ def test_data_chapter_shows_its_plots_and_no_directives(site, tmp_path):
     assert "nbdev_export" not in dom and "default_exp" not in dom  # hidden cells are gone, not just folded
     assert "Summary" in dom and "Exercises" in dom
     assert "The outputs on this page were produced by the code above in full mode" in dom
+
+
+def test_evaluation_chapter_shows_its_tables_and_plots(site, tmp_path):
+    dom = browse(site / "nbs" / "05_evaluation.html", tmp_path)
+    assert len([s for s in re.findall(r'<img[^>]+src="([^"]+\.png)"', dom) if "/_images/" in s]) >= 3
+    assert dom.count("<table") >= 3 and "ItemKNN (recency" in dom and "inflation factor" in dom
 
 
 @pytest.mark.parametrize("name", toc_files())
