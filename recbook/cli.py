@@ -50,6 +50,16 @@ def quickstart(args) -> None:
         print(f"wrote {path}")
 
 
+def pretrain(args) -> None:
+    from recbook.data import load_dataset
+    from recbook.pretraining import FULL_CONFIG, SMOKE_CONFIG, run_text_pretraining
+
+    ds = load_dataset(args.dataset)
+    history = run_text_pretraining(ds, args.out, SMOKE_CONFIG if args.smoke else FULL_CONFIG)
+    print(history.round(4).to_string())
+    print(f"wrote {args.out}")
+
+
 def evaluate(args) -> None:
     from recbook.data import leave_one_out, load_dataset
     from recbook.evaluation import evaluate_recommender, fit_baseline, load_recommender
@@ -59,10 +69,7 @@ def evaluate(args) -> None:
     if args.model in ("pop", "itemknn"):
         model = fit_baseline(args.model, split, args.split, ds.n_items)
     else:
-        model = load_recommender(args.model)
-    if model.n_items != ds.n_items:
-        raise SystemExit(f"recbook: error: {args.model} was fitted on {model.n_items} items, "
-                         f"but {args.dataset} has {ds.n_items}")
+        model = load_recommender(args.model)  # evaluate_recommender checks that it fits this dataset's catalogue
     report = {"model": args.model, "dataset": ds.name,
               **evaluate_recommender(model, ds, split, args.split, k=args.k, seed=args.seed)}
     if args.json:
@@ -89,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset(prep)
     prep.add_argument("--out", required=True, help="output directory")
     prep.set_defaults(func=prepare)
+
+    pre = commands.add_parser("pretrain", help="train a WordPiece tokenizer and a small text BERT on item texts")
+    pre.add_argument("--dataset", default="beauty", help=DATASET_HELP)
+    pre.add_argument("--out", required=True, help="model directory to write (save_pretrained format)")
+    pre.add_argument("--smoke", action="store_true", help="the small configuration: seconds on a CPU")
+    pre.set_defaults(func=pretrain)
 
     ev = commands.add_parser("evaluate", help="every evaluation metric for a baseline or a saved model")
     ev.add_argument("--model", required=True, help="pop, itemknn, or a model directory (with recommender.json)")

@@ -1,32 +1,44 @@
 #!/usr/bin/env bash
 # Set up a development environment on a fresh machine and run the whole test suite.
 # CI runs exactly this (through .ci/run). Extra arguments go to pytest, e.g. `bash tools/test.sh -k data`.
+#   - .venv: created with python3 -m venv if absent; recbook installed editable with its dev tools
+#   - Debian's chromium, for the browser test of the site (installed with apt-get when missing)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 started=$SECONDS
-phase() { echo "== $1 (${SECONDS}s)"; }
-quiet() {  # run a command, show its output only if it fails
-  local log; log=$(mktemp)
-  if ! "$@" >"$log" 2>&1; then grep -v "is ignored: it is neither a file nor a directory" "$log" | tail -50; rm -f "$log"; return 1; fi
+phase_start=$SECONDS
+phase() {  # announce a phase and start its clock
+  echo "== $1"
+  phase_start=$SECONDS
+}
+done_phase() { echo "   ($((SECONDS - phase_start)) s)"; }
+quiet() {  # run a command; show its output (less pip's "Location ... is ignored" noise) only if it fails
+  local log status=0
+  log=$(mktemp)
+  "$@" >"$log" 2>&1 || status=$?
+  if [ "$status" -ne 0 ]; then grep -v "is ignored: it is neither a file nor a directory" "$log" | tail -60; fi
   rm -f "$log"
+  return "$status"
 }
 
-phase "python environment"
+phase "python environment (.venv)"
 [ -x .venv/bin/python ] || python3 -m venv .venv
-quiet .venv/bin/python -m pip install --upgrade pip
-phase "install recbook with its development tools"
 quiet .venv/bin/python -m pip install -e ".[dev]"
+done_phase
 
-if ! command -v chromium >/dev/null 2>&1; then
-  phase "install Debian's chromium for the browser test"
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+if [ ! -x /usr/bin/chromium ]; then
+  phase "Debian's chromium, for the browser test"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
   quiet $sudo apt-get update
-  quiet env DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends chromium
+  quiet $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+  done_phase
 fi
 
 phase "tests"
 status=0
-.venv/bin/python -m pytest -q "$@" || status=$?
-echo "== done in $((SECONDS - started))s (pytest exit $status)"
-exit $status
+.venv/bin/python -m pytest -q "$@" </dev/null || status=$?
+done_phase
+echo "== all done in $((SECONDS - started)) s, pytest exit status $status"
+exit "$status"
