@@ -20,12 +20,12 @@ from scipy.stats import rankdata
 from .data import Dataset, Split, atomic_write
 
 # %% auto #0
-__all__ = ['TIE_RULES', 'ScoreFn', 'RECOMMENDER_FILE', 'RECOMMENDERS', 'EvaluationError', 'default_device', 'target_ranks',
-           'accuracy_metrics', 'history_mask', 'scored_batches', 'evaluate_full', 'top_k_lists', 'sample_negatives',
-           'evaluate_sampled', 'ctr_at_k', 'auc', 'gauc', 'log_loss', 'popularity_impressions', 'impression_scores',
-           'platt_scaling', 'calibration_table', 'catalog_coverage', 'item_coverage', 'distributional_coverage',
-           'shannon_entropy', 'gini_index', 'novelty', 'average_popularity', 'long_tail_share',
-           'cooccurrence_similarity', 'intra_list_diversity', 'serendipity', 'category_similarity',
+__all__ = ['TIE_RULES', 'ScoreFn', 'RECOMMENDER_FILE', 'RECOMMENDERS', 'LATER_CHAPTERS', 'EvaluationError', 'default_device',
+           'target_ranks', 'accuracy_metrics', 'history_mask', 'scored_batches', 'evaluate_full', 'top_k_lists',
+           'sample_negatives', 'evaluate_sampled', 'ctr_at_k', 'auc', 'gauc', 'log_loss', 'popularity_impressions',
+           'impression_scores', 'platt_scaling', 'calibration_table', 'catalog_coverage', 'item_coverage',
+           'distributional_coverage', 'shannon_entropy', 'gini_index', 'novelty', 'average_popularity',
+           'long_tail_share', 'cooccurrence_similarity', 'intra_list_diversity', 'serendipity', 'category_similarity',
            'embedding_similarity', 'register_recommender', 'MostPopular', 'ItemKNN', 'save_recommender',
            'load_recommender', 'evaluate_recommender', 'fit_baseline', 'plot_accuracy_vs_coverage',
            'plot_recommended_popularity', 'plot_calibration']
@@ -510,6 +510,9 @@ def save_recommender(model, path, dataset: str, fitted_on: str) -> Path:
     return path
 
 
+LATER_CHAPTERS = ("recbook.towers", "recbook.training")
+
+
 def load_recommender(path):
     "Read a model directory written by `save_recommender` (or by a later chapter's registered model kind)."
     path = Path(path)
@@ -517,6 +520,9 @@ def load_recommender(path):
     if not meta_file.is_file(): raise EvaluationError(f"{path}: not a model directory (no {RECOMMENDER_FILE})")
     meta = json.loads(meta_file.read_text())
     kind = meta.get("kind")
+    if kind not in RECOMMENDERS:  # the model kinds of chapters 3-4 register themselves when their modules load
+        import importlib
+        for module in LATER_CHAPTERS: importlib.import_module(module)
     if kind not in RECOMMENDERS:
         raise EvaluationError(f"{meta_file}: unknown model kind {kind!r}; known: {sorted(RECOMMENDERS)}")
     cls = RECOMMENDERS[kind]
