@@ -10,22 +10,18 @@ bench/results/. Targets (issue 3): under 5 s on the 2-core CPU, under 0.5 s on a
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import statistics
-import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchlib import RESULTS, describe, provenance
 from recbook.data import atomic_write, leave_one_out, load_dataset
 from recbook.evaluation import default_device, evaluate_full, history_mask
 
 DIM = 64
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def embedding_model(n_users: int, n_columns: int, device, seed: int = 0):
@@ -62,13 +58,6 @@ def timed(fn, repeats: int, device) -> list[float]:
     return times
 
 
-def describe(device) -> str:
-    if device.type == "cuda": return f"cuda: {torch.cuda.get_device_name(0)}"
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor())
-    return f"cpu: {cpu}, {torch.get_num_threads()} threads"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -92,16 +81,13 @@ def main() -> None:
         print(f"{name:<45}{seconds:>10.3f}")
     print(f"speed-up over the sort-based baseline: {rows[1][1] / rows[0][1]:.1f}x; ranks agree for {agree:.1%} of users")
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip() or None
     record = {"benchmark": "full-ranking evaluation", "dataset": "beauty", "users": int(split.n_interactions("test")),
-              "items": ds.n_items, "dim": DIM, "device": describe(device), "repeats": args.repeats,
+              "items": ds.n_items, "dim": DIM, "repeats": args.repeats,
               "seconds": {"evaluate_full": ours, "sort_based": sort},
               "median_seconds": {"evaluate_full": rows[0][1], "sort_based": rows[1][1]},
               "speedup_vs_sort_based": rows[1][1] / rows[0][1], "rank_agreement": agree,
               "targets_seconds": {"cpu": 5.0, "h100": 0.5},
-              "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "git_commit": commit}
+              **provenance(device)}
     out = RESULTS / f"evaluation-{device.type}.json"
     with atomic_write(out) as f: json.dump(record, f, indent=1)
     print(f"wrote {out}")

@@ -35,12 +35,13 @@ def prepare(args) -> None:
 
 
 def quickstart(args) -> None:
+    "The main job on the shipped data: data summary -> text pretraining -> two-tower training -> evaluation."
     from recbook.data import atomic_write, dataset_stats, load_dataset, save_overview_plots, stats_table
 
     out = Path(args.out)
     ds = load_dataset(args.dataset)
     stats = dataset_stats(ds)
-    print(f"== {ds}\n")
+    print(f"== 1. data: {ds}\n")
     print(stats_table(stats).to_string())
     plots = save_overview_plots(ds, out / "plots")
     with atomic_write(out / "data_summary.json") as f:
@@ -48,6 +49,48 @@ def quickstart(args) -> None:
     print(f"\nwrote {out / 'data_summary.json'}")
     for path in plots:
         print(f"wrote {path}")
+    if args.data_only: return
+
+    import time
+    from dataclasses import replace
+
+    from recbook.data import leave_one_out
+    from recbook.evaluation import evaluate_full, fit_baseline
+    from recbook.pretraining import run_text_pretraining
+    from recbook.training import FULL_TOWERS, QUICKSTART_TEXT, QUICKSTART_TRAINING, cold_start_metrics, train_model
+
+    started = time.perf_counter()
+    print(f"\n== 2. pretraining: a WordPiece tokenizer and a small text BERT on {ds.n_items:,} item texts")
+    text_dir = out / "text-bert"
+    history = run_text_pretraining(ds, text_dir, QUICKSTART_TEXT)
+    print(f"held-out perplexity {history['valid_perplexity'].iloc[0]:.0f} -> {history['valid_perplexity'].iloc[-1]:.0f}; "
+          f"wrote {text_dir} ({time.perf_counter() - started:.0f} s so far)")
+
+    print(f"\n== 3. training: the two-tower model (our BERT's text + item IDs), at most {QUICKSTART_TRAINING.epochs} epochs")
+    model_dir = out / "model"
+    train_model("twotower", ds, model_dir, replace(FULL_TOWERS, text_encoder=str(text_dir)), QUICKSTART_TRAINING,
+                progress=True)
+    print(f"wrote {model_dir} ({time.perf_counter() - started:.0f} s so far)")
+
+    print("\n== 4. evaluation: test split, full ranking over all items, history removed")
+    from recbook.evaluation import load_recommender
+
+    split = leave_one_out(ds)
+    rows = {}
+    for name, model in [("MostPopular", fit_baseline("pop", split, "test", ds.n_items)),
+                        ("ItemKNN", fit_baseline("itemknn", split, "test", ds.n_items)),
+                        ("two-tower (this run)", load_recommender(model_dir))]:
+        rows[name] = {**evaluate_full(model, split, "test", ks=(10,)), **cold_start_metrics(model, split)}
+    columns = ["HR@10", "NDCG@10", "MRR@10", "cold NDCG@10"]
+    print(f"{'model':<22}" + "".join(f"{c:>14}" for c in columns))
+    for name, metrics in rows.items():
+        print(f"{name:<22}" + "".join(f"{metrics[c]:>14.4f}" for c in columns))
+    results = {"dataset": ds.name, "seconds": round(time.perf_counter() - started, 1),
+               "text_pretraining": {k: v for k, v in vars(QUICKSTART_TEXT).items()},
+               "training": vars(QUICKSTART_TRAINING), "test": rows}
+    with atomic_write(out / "results.json") as f:
+        json.dump(results, f, indent=1, default=float)
+    print(f"\nwrote {out / 'results.json'}; serve the model with: recbook serve --model {model_dir}")
 
 
 def pretrain(args) -> None:
@@ -57,6 +100,24 @@ def pretrain(args) -> None:
     ds = load_dataset(args.dataset)
     history = run_text_pretraining(ds, args.out, SMOKE_CONFIG if args.smoke else FULL_CONFIG)
     print(history.round(4).to_string())
+    print(f"wrote {args.out}")
+
+
+def train(args) -> None:
+    from recbook.data import load_dataset
+    from dataclasses import replace
+
+    from recbook.training import FULL_TOWERS, FULL_TRAINING, SMOKE_TOWERS, SMOKE_TRAINING, train_model
+
+    towers, training = (SMOKE_TOWERS, SMOKE_TRAINING) if args.smoke else (FULL_TOWERS, FULL_TRAINING)
+    if args.text_encoder: towers = replace(towers, text_encoder=args.text_encoder)
+    if args.epochs: training = replace(training, epochs=args.epochs)
+    training = replace(training, seed=args.seed)
+    metrics = train_model(args.model, load_dataset(args.dataset), args.out, towers, training, progress=args.progress,
+                          init_from=args.init_from)
+    width = max(map(len, metrics))
+    for name, value in metrics.items():
+        print(f"{name:<{width}}  {value:.4f}" if isinstance(value, float) else f"{name:<{width}}  {value}")
     print(f"wrote {args.out}")
 
 
@@ -78,6 +139,33 @@ def evaluate(args) -> None:
         width = max(map(len, report))
         for name, value in report.items():
             print(f"{name:<{width}}  {value:.4f}" if isinstance(value, float) else f"{name:<{width}}  {value}")
+
+
+def serve(args) -> None:
+    from recbook.serving import ServeConfig, run_server
+
+    config = ServeConfig(index=args.index, max_batch=args.max_batch, cache_size=args.cache_size)
+    run_server(args.model, host=args.host, port=args.port, feedback=args.feedback, config=config,
+               exit_after=args.exit_after, threads=args.threads)
+
+
+def finetune(args) -> None:
+    from recbook.serving import finetune_from_feedback
+
+    feedback = args.feedback or Path(args.model) / "feedback.jsonl"
+    result = finetune_from_feedback(args.model, feedback, args.out, epochs=args.epochs, seed=args.seed)
+    print(f"fine-tuned {args.model} on {result['sequences']} feedback sequences ({result['events']} events in "
+          f"{feedback}); wrote {result['model']}")
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1: raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65536: raise argparse.ArgumentTypeError(f"must be 1..65535, got {value!r}")
+    return int(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--smoke", action="store_true", help="the small configuration: seconds on a CPU")
     pre.set_defaults(func=pretrain)
 
+    tr = commands.add_parser("train", help="train sasrec, bert4rec or the two-tower model; resumes from --out's checkpoint")
+    tr.add_argument("--model", required=True, choices=["twotower", "sasrec", "bert4rec"], help="what to train")
+    tr.add_argument("--dataset", default="beauty", help=DATASET_HELP)
+    tr.add_argument("--out", required=True, help="model directory to write (recbook evaluate --model DIR reads it)")
+    tr.add_argument("--smoke", action="store_true", help="the small configuration: seconds on a CPU")
+    tr.add_argument("--text-encoder", help="twotower: 'minilm' (default) or a `recbook pretrain` directory")
+    tr.add_argument("--init-from", help="twotower/sasrec: a bert4rec model directory whose item embeddings start the IDs")
+    tr.add_argument("--epochs", type=int, help="at most this many epochs (default: the configuration's)")
+    tr.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    tr.add_argument("--progress", action="store_true", help="progress bars and a line per epoch")
+    tr.set_defaults(func=train)
+
     ev = commands.add_parser("evaluate", help="every evaluation metric for a baseline or a saved model")
     ev.add_argument("--model", required=True, help="pop, itemknn, or a model directory (with recommender.json)")
     ev.add_argument("--dataset", default="beauty", help=DATASET_HELP)
@@ -112,9 +212,31 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.set_defaults(func=evaluate)
 
-    quick = commands.add_parser("quickstart", help="the main job on the shipped data: summary and plots")
+    srv = commands.add_parser("serve", help="serve a model directory over HTTP: /recommend, /search, /items, /feedback")
+    srv.add_argument("--model", required=True, help="a `recbook train` model directory (twotower or sasrec)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    srv.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
+    srv.add_argument("--feedback", help="feedback log, JSON lines (default: MODEL/feedback.jsonl)")
+    srv.add_argument("--index", choices=["auto", "exact", "ivf", "hnsw"], default="auto",
+                     help="item index (default auto: exact search up to 200,000 items, IVF above)")
+    srv.add_argument("--max-batch", type=_positive, default=64, help="requests computed together (1 = no batching)")
+    srv.add_argument("--cache-size", type=int, default=4096, help="answers cached for repeated requests (0 = none)")
+    srv.add_argument("--threads", type=_positive, default=1, help="torch and FAISS threads (default 1)")
+    srv.add_argument("--exit-after", type=float, help="stop by itself after this many seconds (demos and tests)")
+    srv.set_defaults(func=serve)
+
+    ft = commands.add_parser("finetune", help="continue training a model on the feedback its server logged")
+    ft.add_argument("--model", required=True, help="the model directory that was served")
+    ft.add_argument("--feedback", help="feedback log (default: MODEL/feedback.jsonl)")
+    ft.add_argument("--out", required=True, help="new model directory to write")
+    ft.add_argument("--epochs", type=_positive, default=1, help="epochs over training data + feedback (default 1)")
+    ft.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ft.set_defaults(func=finetune)
+
+    quick = commands.add_parser("quickstart", help="the main job on the shipped data: data, pretraining, training, evaluation (minutes on a CPU)")
     quick.add_argument("--dataset", default="beauty", help=DATASET_HELP)
     quick.add_argument("--out", default="recbook-output", help="where to write results (default recbook-output)")
+    quick.add_argument("--data-only", action="store_true", help="only the data summary and plots (seconds)")
     quick.set_defaults(func=quickstart)
     return parser
 

@@ -42,14 +42,27 @@ def test_prepare_writes_a_dataset_that_reads_back(tmp_path):
     assert json.loads(again.stdout)["interactions"] == 5_970
 
 
-def test_quickstart_prints_the_summary_and_writes_the_plots(tmp_path):
-    result = recbook("quickstart", "--out", "out", cwd=tmp_path)
+def test_quickstart_data_step_prints_the_summary_and_writes_the_plots(tmp_path):
+    result = recbook("quickstart", "--out", "out", "--data-only", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "22,363 users" in result.stdout and "loo_train_interactions" in result.stdout
     plots = sorted(p.name for p in (tmp_path / "out" / "plots").iterdir())
     assert plots == ["interactions_over_time.png", "item_popularity.png", "sequence_lengths.png",
                      "top_categories_brands.png"]
     assert json.loads((tmp_path / "out" / "data_summary.json").read_text())["users"] == 22_363
+
+
+def test_quickstart_runs_every_stage_on_the_tiny_set(tmp_path):
+    "The whole pipeline (the full Beauty run takes minutes; its timing is recorded in README.md, not tested)."
+    result = recbook("quickstart", "--dataset", "beauty-tiny", "--out", "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for stage in ("== 1. data", "== 2. pretraining", "== 3. training", "== 4. evaluation"):
+        assert stage in result.stdout
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(results["test"]) == {"MostPopular", "ItemKNN", "two-tower (this run)"}
+    assert 0 < results["test"]["two-tower (this run)"]["NDCG@10"] <= 1
+    assert (tmp_path / "out" / "model" / "recommender.json").is_file()
+    assert (tmp_path / "out" / "model" / "text_encoder" / "config.json").is_file(), "the model directory is self-contained"
 
 
 def test_version_and_usage_errors():

@@ -1,0 +1,158 @@
+"""Chapter 4: batching, schedule, exact resume, determinism, DDP on two processes, the train CLI, fine-tuning."""
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recbook.data import leave_one_out, load_dataset
+from recbook.evaluation import EvaluationError, load_recommender
+from recbook.towers import TowerConfig, TwoTower
+from recbook.training import (Interrupted, TrainConfig, epoch_batches, fine_tune, fit, next_item_batch, warmup_cosine)
+
+BIN = Path(sys.executable).parent
+TOWERS = TowerConfig(hidden=16, layers=1, heads=2, max_length=12, dropout=0.1, id_dropout=0.1)
+TRAINING = TrainConfig(epochs=2, batch_size=32, warmup_steps=3, checkpoint_every=4, patience=5)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    ds = load_dataset("beauty-tiny")
+    return ds, leave_one_out(ds)
+
+
+def network(ds, seed=0):
+    torch.manual_seed(seed)
+    return TwoTower(ds.n_items, TOWERS)
+
+
+def test_epoch_batches_cover_everything_once_and_cut_padding():
+    lengths = np.random.default_rng(0).integers(1, 50, 1000)
+    batches = epoch_batches(lengths, 32, seed=1, epoch=3)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    again = epoch_batches(lengths, 32, seed=1, epoch=3)
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again)), "the order depends only on (seed, epoch)"
+    assert not np.array_equal(np.concatenate(batches), np.concatenate(epoch_batches(lengths, 32, seed=1, epoch=4)))
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    random_order = np.random.default_rng(0).permutation(1000)
+    padded_random = sum(len(b) * lengths[b].max() for b in np.array_split(random_order, len(batches)))
+    assert padded < 0.7 * padded_random, (padded, padded_random)
+
+
+def test_next_item_batch_shifts_by_one():
+    sequences = [np.array([1, 2, 3, 4]), np.array([5, 6])]
+    inputs, targets = next_item_batch(sequences, [0, 1], max_length=10)
+    assert inputs.tolist() == [[1, 2, 3], [0, 0, 5]] and targets.tolist() == [[2, 3, 4], [0, 0, 6]]
+    inputs, targets = next_item_batch(sequences, [0], max_length=2)  # long histories keep their newest items
+    assert inputs.tolist() == [[2, 3]] and targets.tolist() == [[3, 4]]
+
+
+def test_warmup_cosine():
+    assert warmup_cosine(0, 100, 10) == pytest.approx(0.1)
+    assert warmup_cosine(9, 100, 10) == pytest.approx(1.0)
+    assert warmup_cosine(55, 100, 10) == pytest.approx(0.5)
+    assert warmup_cosine(100, 100, 10) == pytest.approx(0.0)
+
+
+def test_config_checks():
+    with pytest.raises(EvaluationError, match="loss"):
+        TrainConfig(loss="bpr")
+    with pytest.raises(EvaluationError, match="batch_size"):
+        TrainConfig(batch_size=0)
+
+
+def _weights(net):
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def test_training_learns_and_is_deterministic(tiny):
+    ds, split = tiny
+    a, b = network(ds), network(ds)
+    history, best = fit(a, split, TRAINING, device="cpu")
+    fit(b, split, TRAINING, device="cpu")
+    assert list(history.index) == [1, 2] and best in (1, 2)
+    assert history["train_loss"].iloc[-1] < np.log(ds.n_items), "the loss must fall below a uniform guess"
+    assert all(torch.equal(x, y) for x, y in zip(_weights(a).values(), _weights(b).values()))
+
+
+@pytest.mark.parametrize("loss", ["full", "sampled"])
+def test_resume_after_a_kill_mid_epoch_gives_the_same_weights(tiny, tmp_path, loss):
+    ds, split = tiny
+    config = replace(TRAINING, loss=loss, random_negatives=16)
+    uninterrupted = network(ds)
+    fit(uninterrupted, split, config, out_dir=tmp_path / "a", device="cpu")
+    killed = network(ds)
+    with pytest.raises(Interrupted):
+        fit(killed, split, config, out_dir=tmp_path / "b", device="cpu", stop_after_steps=6)  # epoch 1 has 15 steps
+    saved = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert saved["loop"]["epoch"] == 1 and saved["loop"]["batch"] == 4, "the checkpoint at step 4, mid-epoch"
+    resumed = network(ds, seed=123)  # fresh weights: everything must come from the checkpoint
+    history, _ = fit(resumed, split, config, out_dir=tmp_path / "b", device="cpu")
+    assert list(history.index) == [1, 2]
+    for (name, x), y in zip(_weights(uninterrupted).items(), _weights(resumed).values()):
+        assert torch.equal(x, y), name
+
+
+def test_tensorboard_logs(tiny, tmp_path):
+    ds, split = tiny
+    fit(network(ds), split, replace(TRAINING, epochs=1), device="cpu", log_dir=tmp_path / "tb")
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def _recbook(*args, env=None, timeout=600):
+    return subprocess.run([str(BIN / "recbook"), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "twotower", "bert4rec"])
+def test_train_cli_writes_a_model_that_evaluate_reads(tmp_path, kind):
+    out = tmp_path / kind
+    result = _recbook("train", "--model", kind, "--dataset", "beauty-tiny", "--out", str(out), "--smoke")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == kind and 0 <= metrics["test NDCG@10"] <= metrics["test HR@10"] <= 1
+    assert (out / "history.csv").is_file()
+    evaluated = _recbook("evaluate", "--model", str(out), "--dataset", "beauty-tiny", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads(evaluated.stdout)
+    assert report["NDCG@10"] == pytest.approx(metrics["test NDCG@10"], abs=1e-6)
+
+
+def test_train_cli_bad_input(tmp_path):
+    result = _recbook("train", "--model", "sasrec", "--dataset", str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "recbook: error:" in result.stderr and "missing" in result.stderr
+    result = _recbook("train", "--model", "twotower", "--dataset", "beauty-tiny", "--out", str(tmp_path / "o"),
+                      "--smoke", "--text-encoder", str(tmp_path))
+    assert result.returncode == 2 and "not a text encoder directory" in result.stderr
+
+
+def test_ddp_on_two_cpu_processes(tmp_path):
+    "torchrun starts two processes on the gloo backend; they train on disjoint batches and end with equal weights."
+    out = tmp_path / "ddp"
+    result = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "recbook",
+                             "train", "--model", "sasrec", "--dataset", "beauty-tiny", "--out", str(out), "--smoke"],
+                            capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (out / "recommender.json").is_file()
+    model = load_recommender(out)
+    ds = load_dataset("beauty-tiny")
+    assert model(None, [ds.sequences[0][:3]]).shape == (1, ds.n_items + 1)
+
+
+def test_fine_tune_on_extra_sequences(tmp_path):
+    base = tmp_path / "base"
+    assert _recbook("train", "--model", "sasrec", "--dataset", "beauty-tiny", "--out", str(base), "--smoke").returncode == 0
+    before = load_recommender(base)
+    extra = [np.array([3, 5, 7, 9, 11])] * 20
+    out = fine_tune(base, extra, tmp_path / "tuned", epochs=1)
+    after = load_recommender(out)
+    meta = json.loads((out / "recommender.json").read_text())
+    assert meta["fitted_on"] == "train+feedback" and meta["extra_sequences"] == 20
+    assert not np.allclose(before.item_vectors(), after.item_vectors())
+    with pytest.raises(EvaluationError, match="outside"):
+        fine_tune(base, [np.array([0, 10**6])], tmp_path / "bad")
