@@ -169,6 +169,7 @@ class UserTower(nn.Module):
         self.config = config
         self.positions = nn.Embedding(config.max_length, config.hidden)
         nn.init.normal_(self.positions.weight, std=0.02)
+        self.input_norm = nn.LayerNorm(config.hidden)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config.hidden, config.heads, config.dropout) for _ in range(config.layers))
         self.norm = nn.LayerNorm(config.hidden)
@@ -180,7 +181,8 @@ class UserTower(nn.Module):
             raise EvaluationError(f"histories longer than max_length={self.config.max_length} must be cut first")
         # position ids count back from the newest item, which always gets the last position embedding
         positions = torch.arange(self.config.max_length - length, self.config.max_length, device=item_vectors.device)
-        x = self.dropout(item_vectors + self.positions(positions))
+        # normalised: ID embeddings start at std 0.02 and would be drowned by the blocks' outputs (see the text)
+        x = self.dropout(self.input_norm(item_vectors + self.positions(positions)))
         mask = causal_padding_mask(padding, self.config.heads).to(x.dtype)
         maps = []
         for block in self.blocks:
