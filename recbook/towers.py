@@ -265,6 +265,7 @@ class TwoTowerRecommender:
         self.network, self.dataset = network.eval(), dataset
         self.text_encoder = text_encoder if text_encoder is not None else network.config.text_encoder
         self._encoder = None
+        self._item_table = None  # set by freeze_items
 
     @property
     def n_items(self) -> int: return self.network.n_items
@@ -275,6 +276,15 @@ class TwoTowerRecommender:
 
     def to(self, device) -> "TwoTowerRecommender":
         self.network.to(device)
+        if self._item_table is not None: self._item_table = self._item_table.to(device)
+        return self
+
+    @torch.no_grad()
+    def freeze_items(self) -> "TwoTowerRecommender":
+        """For serving: run the item tower once over the catalogue and look history items up in that table, instead of
+        re-running it (ID embedding + text adapter) for every history item of every request. Only for a model whose
+        weights no longer change: training after this would leave the table stale."""
+        self._item_table = self.network.items.catalogue()
         return self
 
     @torch.no_grad()
@@ -284,7 +294,10 @@ class TwoTowerRecommender:
         for start in range(0, len(histories), batch_size):
             ids = left_padded([np.asarray(h)[-length:] for h in histories[start:start + batch_size]], length)
             first = int((ids != 0).any(0).float().argmax())  # drop all-padding columns: most histories are short
-            out.append(self.network.encode(ids[:, first:].to(self.device))[:, -1].float())
+            ids = ids[:, first:].to(self.device)
+            if self._item_table is None: users = self.network.encode(ids)
+            else: users = self.network._finish(self.network.user(self._item_table[ids], ids == 0))
+            out.append(users[:, -1].float())
         return torch.cat(out)
 
     @torch.no_grad()
