@@ -1,0 +1,401 @@
+"""Chapter 6: the item index, the feedback log, and the real HTTP server (a `recbook serve` child process) end to end."""
+import dataclasses
+import errno
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+
+import numpy as np
+import pytest
+
+from recbook.data import leave_one_out, load_dataset
+from recbook.evaluation import load_recommender
+from recbook.serving import (EXPLANATIONS, MAX_BODY_BYTES, MAX_K, BackgroundServer, FeedbackLog, ItemIndex, RecQuery,
+                             RecommendationService, ServingError, call, compare_indexes, fastest_at_recall, load_test,
+                             recall_at_k, synthetic_catalogue, top_items)
+
+
+def recbook(*args):
+    return subprocess.run([sys.executable, "-m", "recbook", *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def train(kind: str, out):
+    "One epoch of the smoke configuration: the model only has to be servable, not good."
+    result = recbook("train", "--model", kind, "--dataset", "beauty-tiny", "--out", out, "--smoke", "--epochs", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def offline():
+    "MiniLM comes from its pip package: nothing here may reach the Hugging Face Hub (child processes inherit this)."
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    ds = load_dataset("beauty-tiny")
+    return ds, leave_one_out(ds)
+
+
+@pytest.fixture(scope="module")
+def histories(tiny):
+    "Test-split histories of three items or more, in user order."
+    _, split = tiny
+    return [h for h in (split.history("test")[u] for u in split.users("test")) if len(h) >= 3]
+
+
+@pytest.fixture(scope="module")
+def twotower_dir(tmp_path_factory):
+    return train("twotower", tmp_path_factory.mktemp("twotower") / "model")
+
+
+@pytest.fixture(scope="module")
+def sasrec_dir(tmp_path_factory):
+    return train("sasrec", tmp_path_factory.mktemp("sasrec") / "model")
+
+
+def serve(model_dir, work):
+    return BackgroundServer(model_dir, feedback=work / "feedback.jsonl", exit_after=600, log=work / "server.log")
+
+
+@pytest.fixture(scope="module")
+def server(twotower_dir, tmp_path_factory):
+    "The two-tower model (it has a text tower, so /search works) behind `recbook serve`."
+    with serve(twotower_dir, tmp_path_factory.mktemp("twotower-server")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def sasrec_server(sasrec_dir, tmp_path_factory):
+    with serve(sasrec_dir, tmp_path_factory.mktemp("sasrec-server")) as running:
+        yield running
+
+
+def assert_ranked(answer: dict, k: int) -> list[int]:
+    "`k` items, best first, each with a title; returns their ids."
+    items = answer["items"]
+    assert len(items) == k
+    scores = [item["score"] for item in items]
+    assert scores == sorted(scores, reverse=True)
+    assert all(isinstance(item["title"], str) and item["title"] for item in items)
+    return [item["id"] for item in items]
+
+
+# --- the item index, without a server ------------------------------------------------------------------------------
+
+def random_catalogue(n_items=2000, dim=16, n_queries=50, seed=0):
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n_items + 1, dim)).astype(np.float32)
+    vectors[0] = 0  # padding
+    return vectors, rng.standard_normal((n_queries, dim)).astype(np.float32)
+
+
+def brute_force_top(vectors, queries, k):
+    return np.argsort(-(queries @ vectors[1:].T), axis=1, kind="stable")[:, :k] + 1
+
+
+def test_exact_index_agrees_with_brute_force():
+    vectors, queries = random_catalogue()
+    scores, ids = ItemIndex(vectors, "exact").search(queries, 10)
+    assert ids.shape == (len(queries), 10)
+    assert np.array_equal(ids, brute_force_top(vectors, queries, 10))
+    assert np.allclose(scores, np.take_along_axis(queries @ vectors.T, ids, 1), atol=1e-4)
+    with pytest.raises(ServingError, match="index kind"):
+        ItemIndex(vectors, "annoy")
+
+
+def test_ivf_recall_with_many_cells_probed():
+    vectors, queries = random_catalogue(n_items=5000)
+    truth = ItemIndex(vectors, "exact").search(queries, 10)[1]
+    ivf = ItemIndex(vectors, "ivf", nprobe=64)
+    assert recall_at_k(ivf.search(queries, 10)[1], truth) >= 0.9
+    assert recall_at_k(ivf.set_search(nprobe=10_000).search(queries, 10)[1], truth) == 1.0  # every cell = exact
+
+
+def test_top_items_leaves_out_each_rows_exclusions():
+    vectors, queries = random_catalogue()
+    best = brute_force_top(vectors, queries[:2], 7)
+    index = ItemIndex(vectors)
+    (kept, scores), (unfiltered, _) = top_items(index, queries[:2], 5, [best[0, :2], None])
+    assert kept.tolist() == best[0, 2:7].tolist(), "k items remain after the two excluded ones"
+    assert (np.diff(scores) <= 0).all()
+    assert unfiltered.tolist() == best[1, :5].tolist()
+
+
+def test_recall_at_k_by_hand():
+    found = [[1, 2, 3], [4, 5, 6]]
+    truth = [[3, 2, 9], [7, 8, 6]]
+    assert recall_at_k(found, truth) == pytest.approx((2 / 3 + 1 / 3) / 2)
+    assert recall_at_k(truth, truth) == 1.0
+
+
+def test_compare_indexes_and_fastest_at_recall():
+    vectors, queries = random_catalogue(n_items=1000, n_queries=20)
+    table = compare_indexes(vectors, queries, k=10, kinds=("exact", "ivf"), sweeps={"ivf": ("nprobe", (1, 1000))},
+                            latency_queries=5)
+    assert table["index"].tolist() == ["exact", "ivf", "ivf"] and table.loc[0, "recall@10"] == 1.0
+    assert table["recall@10"].iloc[-1] == 1.0 and (table["p50 ms"] <= table["p99 ms"]).all()
+    best = fastest_at_recall(table, 0.95, 10)
+    assert set(best["index"]) == {"exact", "ivf"} and (best["recall@10"] >= 0.95).all()
+
+
+def test_synthetic_catalogue_has_the_models_dimension_padding_and_a_seed():
+    vectors, _ = random_catalogue(n_items=100)
+    catalogue = synthetic_catalogue(vectors, 3000, seed=1)
+    assert catalogue.shape == (3001, 16) and (catalogue[0] == 0).all()
+    assert np.array_equal(catalogue, synthetic_catalogue(vectors, 3000, seed=1))
+
+
+# --- the feedback log, without a server ----------------------------------------------------------------------------
+
+def test_feedback_log_fsyncs_each_event_and_reopening_continues_the_count(tmp_path, monkeypatch):
+    path = tmp_path / "logs" / "feedback.jsonl"
+    on_disk_at_fsync = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (on_disk_at_fsync.append(path.read_bytes()), real_fsync(fd))[1])
+    log = FeedbackLog(path)
+    assert log.append({"user": "a", "item": 3, "history": [1, 2]}) == 1
+    assert on_disk_at_fsync[-1].endswith(b'"item":3,"history":[1,2]}\n'), "written and flushed before the fsync"
+    assert log.append({"user": "a", "item": 4}) == 2
+    log.close()
+    reopened = FeedbackLog(path)
+    assert reopened.count == 2 and reopened.append({"user": "b", "item": 5}) == 3
+    reopened.close()
+    assert [e["item"] for e in FeedbackLog.read(path)] == [3, 4, 5]
+
+
+def test_feedback_log_cuts_a_torn_last_line_and_a_failed_repair_changes_nothing(tmp_path, monkeypatch):
+    path = tmp_path / "feedback.jsonl"
+    log = FeedbackLog(path)
+    log.append({"user": "a", "item": 3})
+    log.close()
+    with open(path, "ab") as f: f.write(b'{"user": "b", "it')  # a crash mid-write
+    torn = path.read_bytes()
+
+    def no_rename(*args): raise OSError(errno.ENOSPC, "simulated: no space left on device")
+    monkeypatch.setattr(os, "replace", no_rename)
+    with pytest.raises(OSError, match="simulated"):
+        FeedbackLog(path)
+    assert path.read_bytes() == torn, "the repair is atomic: the old file stays whole"
+    assert [p.name for p in tmp_path.iterdir()] == ["feedback.jsonl"], "no temporary file left behind"
+    monkeypatch.undo()
+    repaired = FeedbackLog(path)
+    assert repaired.count == 1 and path.read_bytes() == torn[:torn.rfind(b"\n") + 1]
+    assert repaired.append({"user": "c", "item": 4}) == 2
+    repaired.close()
+
+
+def test_a_failed_append_does_not_shift_later_event_numbers(tmp_path, monkeypatch):
+    path = tmp_path / "feedback.jsonl"
+    log = FeedbackLog(path)
+    log.append({"user": "a", "item": 1})
+    real_fsync = os.fsync
+
+    def failing_fsync(fd): raise OSError(errno.EIO, "simulated I/O error")
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="simulated"):
+        log.append({"user": "b", "item": 2})  # the caller is told the event was not stored
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    number = log.append({"user": "c", "item": 3})
+    log.close()
+    assert FeedbackLog.read(path)[number - 1]["user"] == "c", "append returns the event's number in the log"
+
+
+# --- the service in-process: what depends on a batch or on the catalogue's ids -------------------------------------
+
+@pytest.fixture(scope="module")
+def sasrec_model(sasrec_dir):
+    return load_recommender(sasrec_dir)
+
+
+def test_each_request_in_a_batch_gets_its_own_k(sasrec_model, tiny, histories):
+    service = RecommendationService(sasrec_model, tiny[0])
+    small, large = service.recommend_batch([RecQuery(histories[0], k=3), RecQuery(histories[1], k=20)])
+    assert (len(small["items"]), len(large["items"])) == (3, 20)
+
+
+def test_an_all_digit_asin_is_found_by_its_asin(sasrec_model, tiny):
+    ds, _ = tiny
+    items = ds.items.copy()
+    items.loc[items.index[4], "asin"] = "7806397051"  # a real Beauty ASIN (ISBN-style, all digits)
+    service = RecommendationService(sasrec_model, dataclasses.replace(ds, items=items))
+    assert service.catalogue.resolve(["7806397051"]).tolist() == [5], "POST bodies resolve it (a JSON string)"
+    assert service.item("7806397051")["id"] == 5
+
+
+# --- the real server over HTTP -------------------------------------------------------------------------------------
+
+def test_health_openapi_and_docs(server, tiny):
+    status, health = call(server.url, "/healthz")
+    assert status == 200 and health["status"] == "ok" and health["items"] == tiny[0].n_items
+    assert health["model"] == "twotower" and health["text_search"] is True
+    status, spec = call(server.url, "/openapi.json")
+    assert status == 200 and {"/recommend", "/search", "/items/{item}", "/feedback", "/healthz"} <= set(spec["paths"])
+    with urllib.request.urlopen(server.url + "/docs", timeout=30) as response:
+        assert response.status == 200 and response.headers["Content-Type"].startswith("text/html")
+        assert b"<html" in response.read().lower()
+
+
+def test_items_by_id_and_by_asin(server, tiny):
+    ds, _ = tiny
+    asin = ds.items.asin[7]
+    status, by_id = call(server.url, "/items/7")
+    assert status == 200 and by_id["id"] == 7 and by_id["asin"] == asin and by_id["title"]
+    assert by_id["interactions"] == ds.item_counts()[7]
+    assert call(server.url, f"/items/{asin}") == (200, by_id)
+    for unknown in ("B000NOTREAL", str(ds.n_items + 1), "0"):
+        status, answer = call(server.url, f"/items/{unknown}")
+        assert status == 404 and unknown in answer["error"] and answer["field"] == "item"
+
+
+def test_recommend_by_ids_and_by_asins(server, tiny, histories):
+    ds, _ = tiny
+    history = histories[0]
+    status, by_ids = call(server.url, "/recommend", {"history": history.tolist(), "k": 5})
+    assert status == 200 and by_ids["cold_start"] is False
+    ids = assert_ranked(by_ids, 5)
+    assert not set(ids) & set(history.tolist()), "history items are left out by default"
+    status, by_asins = call(server.url, "/recommend", {"history": [ds.items.asin[i] for i in history], "k": 5})
+    assert status == 200 and by_asins == by_ids
+
+
+@pytest.mark.parametrize("explain", ["similarity", "occlusion"])
+def test_each_recommendation_names_the_history_items_behind_it(server, histories, explain):
+    history = histories[1]
+    status, answer = call(server.url, "/recommend", {"history": history.tolist(), "k": 4, "explain": explain})
+    assert status == 200 and answer["explanation"] == EXPLANATIONS[explain]
+    assert_ranked(answer, 4)
+    for item in answer["items"]:
+        assert 1 <= len(item["because"]) <= 3
+        assert {"id", "asin", "title", "contribution"} <= set(item["because"][0])
+        assert {b["id"] for b in item["because"]} <= set(history.tolist())
+        contributions = [b["contribution"] for b in item["because"]]
+        assert contributions == sorted(contributions, reverse=True)
+    status, plain = call(server.url, "/recommend", {"history": history.tolist(), "k": 4, "explain": "none"})
+    assert status == 200 and not any("because" in item for item in plain["items"])
+
+
+def test_exclude_seen_false_lets_history_items_back_in(server, histories):
+    "With k = MAX_K some history item is among the best for one of the first users; with exclude_seen it never is."
+    for history in histories[:30]:
+        seen = set(history.tolist())
+        status, allowed = call(server.url, "/recommend", {"history": history.tolist(), "k": MAX_K, "exclude_seen": False})
+        assert status == 200
+        if seen & set(assert_ranked(allowed, MAX_K)): break
+    else:
+        pytest.fail("no history item was recommended back with exclude_seen=false")
+    status, excluded = call(server.url, "/recommend", {"history": history.tolist(), "k": MAX_K})
+    assert status == 200 and not seen & set(assert_ranked(excluded, MAX_K))
+    unseen = [i for i in (item["id"] for item in allowed["items"]) if i not in seen]
+    assert [item["id"] for item in excluded["items"]][:len(unseen)] == unseen, "same ranking, history removed"
+
+
+def test_an_empty_history_gets_the_popular_items(server, tiny):
+    counts = tiny[0].item_counts()
+    status, answer = call(server.url, "/recommend", {"history": [], "k": 6})
+    assert status == 200 and answer["cold_start"] is True and "new user" in answer["explanation"]
+    assert all(item["score"] == counts[item["id"]] for item in answer["items"])
+    assert_ranked(answer, 6)
+    status, defaults = call(server.url, "/recommend", {})  # history defaults to [] and k to 10
+    assert status == 200 and defaults["cold_start"] is True and defaults["items"][:6] == answer["items"]
+    assert len(defaults["items"]) == 10
+
+
+def test_search_by_free_text(server):
+    status, answer = call(server.url, "/search", {"query": "  gentle moisturiser for dry skin ", "k": 5})
+    assert status == 200 and answer["query"] == "gentle moisturiser for dry skin"
+    assert_ranked(answer, 5)
+
+
+def test_search_without_a_text_tower_says_why(sasrec_server):
+    status, answer = call(sasrec_server.url, "/search", {"query": "shampoo"})
+    assert status == 400 and "text tower" in answer["error"] and answer["field"] == "query"
+    assert call(sasrec_server.url, "/recommend", {"history": [1, 2]})[0] == 200, "the rest of the API still works"
+
+
+BAD_REQUESTS = {  # case: (path, JSON payload or raw bytes, HTTP status, field, words the message must contain)
+    "unknown ids": ("/recommend", {"history": [1, 999999, "B000NOTREAL"]}, 422, "history", ["999999", "'B000NOTREAL'"]),
+    "k = 0": ("/recommend", {"history": [1], "k": 0}, 422, "k", ["k:", "got 0"]),
+    "k over MAX_K": ("/recommend", {"history": [1], "k": MAX_K + 1}, 422, "k", [f"got {MAX_K + 1}"]),
+    "k as a string": ("/recommend", {"history": [1], "k": "ten"}, 422, "k", ["'ten'"]),
+    "k as a float": ("/recommend", {"history": [1], "k": 2.5}, 422, "k", ["2.5"]),
+    "history not a list": ("/recommend", {"history": "B00538TSMU"}, 422, "history", ["list"]),
+    "a float in the history": ("/recommend", {"history": [1, 2.5]}, 422, "history[1]", ["2.5"]),
+    "a boolean in the history": ("/recommend", {"history": [True]}, 422, "history[0]", ["bool"]),
+    "unknown field": ("/recommend", {"history": [1], "kk": 3}, 422, "kk", ["kk"]),
+    "unknown explanation": ("/recommend", {"history": [1], "explain": "magic"}, 422, "explain", ["'magic'"]),
+    "malformed JSON": ("/recommend", b'{"history": [1,', 400, "body", ["malformed JSON"]),
+    "a JSON array body": ("/recommend", [1, 2], 422, "body", []),
+    "no body": ("/recommend", b"", 422, "body", []),
+    "oversized body": ("/recommend", b" " * (MAX_BODY_BYTES + 1), 413, "body", [f"{MAX_BODY_BYTES:,}"]),
+    "blank query": ("/search", {"query": "   "}, 422, "query", ["blank"]),
+    "query missing": ("/search", {"k": 3}, 422, "query", ["required"]),
+    "feedback without user": ("/feedback", {"item": 1, "event": "click"}, 422, "user", ["required"]),
+    "unknown event": ("/feedback", {"user": "u", "item": 1, "event": "like"}, 422, "event", ["'like'"]),
+    "feedback for an unknown item": ("/feedback", {"user": "u", "item": "B000NOTREAL", "event": "click"}, 422, "item",
+                                     ["'B000NOTREAL'"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS)
+def test_bad_input_is_a_4xx_naming_the_field(server, case):
+    path, body, expected, field, words = BAD_REQUESTS[case]
+    status, answer = call(server.url, path, data=body) if isinstance(body, bytes) else call(server.url, path, body)
+    assert (status, answer["field"]) == (expected, field), answer
+    assert all(word in answer["error"] for word in words), answer["error"]
+    assert call(server.url, "/healthz")[0] == 200
+
+
+def test_a_body_that_is_not_json_is_refused(server):
+    status, answer = call(server.url, "/recommend", data=b"history=1", headers={"Content-Type": "text/plain"})
+    assert status == 415 and "application/json" in answer["error"]
+
+
+def test_the_server_still_answers_after_every_bad_request(server, tiny):
+    for path, body, *_ in BAD_REQUESTS.values():
+        call(server.url, path, data=body) if isinstance(body, bytes) else call(server.url, path, body)
+    status, health = call(server.url, "/healthz")
+    assert status == 200 and health["items"] == tiny[0].n_items
+
+
+def test_load_test_has_no_errors(server, histories):
+    payloads = [{"history": h.tolist(), "k": 10} for h in (histories * 2)[:200]]
+    result = load_test(server.url, "/recommend", payloads, concurrency=8, max_seconds=60)
+    assert (result["errors"], result["answered"]) == (0, 200), result["failures"]
+    assert 0 < result["p50 ms"] <= result["p99 ms"] <= result["max ms"] and result["requests_per_s"] > 0
+    _, health = call(server.url, "/healthz")
+    assert health["batched_requests"] >= health["batches"] > 0
+
+
+def test_feedback_survives_a_crash_and_fine_tunes_a_model(sasrec_dir, tiny, tmp_path):
+    ds, _ = tiny
+    log = tmp_path / "feedback.jsonl"
+    events = [{"user": f"shopper-{n % 3}", "item": ds.items.asin[10 + n], "event": ("click", "purchase")[n % 2],
+               "history": [1 + n, ds.items.asin[2 + n]]} for n in range(6)]
+    with serve(sasrec_dir, tmp_path) as first:
+        for number, event in enumerate(events, start=1):
+            assert call(first.url, "/feedback", event) == (201, {"stored": True, "event": number})
+            logged = FeedbackLog.read(log)  # on disk as soon as it is acknowledged
+            assert len(logged) == number and logged[-1]["asin"] == event["item"] and logged[-1]["user"] == event["user"]
+        assert logged[0]["history"] == [1, 2] and logged[0]["event"] == "click", "ids resolved before logging"
+        first.stop(kill=True)  # SIGKILL: no clean shutdown
+    with serve(sasrec_dir, tmp_path) as second:
+        assert call(second.url, "/healthz")[1]["feedback_events"] == len(events)
+        late = {"user": "late", "item": 1, "event": "click"}
+        assert call(second.url, "/feedback", late) == (201, {"stored": True, "event": len(events) + 1})
+    assert [e["user"] for e in FeedbackLog.read(log)] == [e["user"] for e in events] + ["late"]
+
+    tuned = tmp_path / "tuned"
+    result = recbook("finetune", "--model", sasrec_dir, "--feedback", log, "--out", tuned)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "3 feedback sequences (7 events" in result.stdout
+    assert json.loads((tuned / "recommender.json").read_text())["fitted_on"] == "train+feedback"
+    evaluated = recbook("evaluate", "--model", tuned, "--dataset", "beauty-tiny", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    report = json.loads(evaluated.stdout)
+    assert report["dataset"] == "beauty-tiny" and 0 <= report["NDCG@10"] <= 1
