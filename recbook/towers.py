@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .data import atomic_write
 from .evaluation import RECOMMENDER_FILE, EvaluationError, default_device, register_recommender
@@ -191,6 +192,39 @@ class UserTower(nn.Module):
         x = self.norm(x)
         return (x, maps) if return_attention else x
 
+    def newest(self, item_vectors: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """Inference only: `forward(...)[:, -1]`, the output at the newest position [B, hidden], computed the cheap way.
+
+        Per-item layers (LayerNorm, projections, feed-forward) run on the real items alone, packed into one
+        [n_real, hidden] matrix: a padded batch is mostly padding. Only attention sees the padded [B, L, L] layout. The
+        last block attends and feeds forward for the newest position only: no later layer reads the others."""
+        if self.training: raise EvaluationError("UserTower.newest is for inference (no dropout): call .eval() first")
+        batch, length, hidden = item_vectors.shape
+        if length > self.config.max_length:
+            raise EvaluationError(f"histories longer than max_length={self.config.max_length} must be cut first")
+        real = ~padding
+        if not real[:, -1].all():
+            raise EvaluationError("every history needs its newest item in the last column (right-aligned, not empty)")
+        device = item_vectors.device
+        x = self.input_norm((item_vectors + self.positions.weight[self.config.max_length - length:])[real])
+        allowed = torch.ones(length, length, dtype=torch.bool, device=device).tril() & real.unsqueeze(1)
+        allowed = (allowed | torch.eye(length, dtype=torch.bool, device=device)).unsqueeze(1)  # [B, 1, L, L]: all heads
+        newest_rows = real.sum(1).cumsum(0) - 1  # each history's newest item in the packed matrix
+        for j, block in enumerate(self.blocks):
+            attention = block.attention
+            projected = F.linear(block.norm1(x), attention.in_proj_weight, attention.in_proj_bias)
+            grid = projected.new_zeros(batch, length, 3 * hidden)
+            grid[real] = projected
+            q, k, v = (t.unflatten(-1, (self.config.heads, -1)).transpose(1, 2) for t in grid.chunk(3, -1))
+            if j < len(self.blocks) - 1:
+                attended = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed).transpose(1, 2).flatten(2)[real]
+            else:
+                attended = F.scaled_dot_product_attention(q[:, :, -1:], k, v, attn_mask=allowed[:, :, -1:])
+                attended, x = attended[:, :, 0].flatten(1), x[newest_rows]
+            x = x + attention.out_proj(attended)
+            x = x + block.feed_forward(block.norm2(x))
+        return self.norm(x)
+
 # %% ../nbs/03_towers.ipynb #b87bab6c
 class TwoTower(nn.Module):
     "Item tower + user tower. `forward(ids)` gives user vectors at every position and the catalogue's item vectors."
@@ -295,9 +329,8 @@ class TwoTowerRecommender:
             ids = left_padded([np.asarray(h)[-length:] for h in histories[start:start + batch_size]], length)
             first = int((ids != 0).any(0).float().argmax())  # drop all-padding columns: most histories are short
             ids = ids[:, first:].to(self.device)
-            if self._item_table is None: users = self.network.encode(ids)
-            else: users = self.network._finish(self.network.user(self._item_table[ids], ids == 0))
-            out.append(users[:, -1].float())
+            items = self.network.items(ids) if self._item_table is None else self._item_table[ids]
+            out.append(self.network._finish(self.network.user.newest(items, ids == 0)).float())
         return torch.cat(out)
 
     @torch.no_grad()
@@ -322,7 +355,7 @@ class TwoTowerRecommender:
         text = torch.as_tensor(encode_texts(*self._encoder, list(texts), device=self.device), device=self.device)
         items = self.network.items.text_only(text).unsqueeze(1)  # [B, 1, d]: a one-item history
         padding = torch.zeros(items.shape[:2], dtype=torch.bool, device=self.device)
-        return self.network._finish(self.network.user(items, padding))[:, -1].float().cpu().numpy()
+        return self.network._finish(self.network.user.newest(items, padding)).float().cpu().numpy()
 
     def settings(self) -> dict: return asdict(self.network.config)
 

@@ -46,6 +46,24 @@ def test_user_tower_is_causal_and_padding_invariant():
     assert not torch.isnan(network.encode(torch.zeros(2, 4, dtype=torch.long))).any()
 
 
+def test_newest_is_forwards_last_position_without_the_padding_work():
+    network = small_network()
+    rng = np.random.default_rng(1)
+    lengths = [1, 8, 3, 5, 2]  # one history as long as max_length, the others padded
+    ids = torch.zeros(len(lengths), 8, dtype=torch.long)
+    for row, n in enumerate(lengths): ids[row, -n:] = torch.as_tensor(rng.integers(1, N_ITEMS + 1, n))
+    with torch.no_grad():
+        vectors = network.items(ids)
+        expected = network.user(vectors, ids == 0)[:, -1]
+        assert torch.allclose(network.user.newest(vectors, ids == 0), expected, atol=1e-5)
+        assert torch.allclose(network.user.newest(vectors[2:3, -3:], ids[2:3, -3:] == 0), expected[2:3], atol=1e-5)
+        with pytest.raises(EvaluationError, match="newest item in the last column"):
+            network.user.newest(vectors, torch.ones_like(ids, dtype=torch.bool))  # an empty history
+        network.user.train()
+        with pytest.raises(EvaluationError, match="inference"):
+            network.user.newest(vectors, ids == 0)
+
+
 def test_causal_padding_mask():
     mask = causal_padding_mask(torch.tensor([[True, False, False]]), heads=2)
     assert mask.shape == (2, 3, 3)
