@@ -144,7 +144,8 @@ def evaluate(args) -> None:
 def serve(args) -> None:
     from recbook.serving import ServeConfig, run_server
 
-    config = ServeConfig(index=args.index, max_batch=args.max_batch, cache_size=args.cache_size)
+    config = ServeConfig(index=args.index, max_batch=args.max_batch, cache_size=args.cache_size,
+                         fast_path=not args.no_fast_path)
     run_server(args.model, host=args.host, port=args.port, feedback=args.feedback, config=config,
                exit_after=args.exit_after, threads=args.threads)
 
@@ -221,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="item index (default auto: exact search up to 200,000 items, IVF above)")
     srv.add_argument("--max-batch", type=_positive, default=64, help="requests computed together (1 = no batching)")
     srv.add_argument("--cache-size", type=int, default=4096, help="answers cached for repeated requests (0 = none)")
+    srv.add_argument("--no-fast-path", action="store_true",
+                     help="answer /recommend through FastAPI's routing too (slower; for comparison)")
     srv.add_argument("--threads", type=_positive, default=1, help="torch and FAISS threads (default 1)")
     srv.add_argument("--exit-after", type=float, help="stop by itself after this many seconds (demos and tests)")
     srv.set_defaults(func=serve)

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema
 
 from .data import Dataset, atomic_write, load_dataset
 from .evaluation import MostPopular, load_recommender
@@ -42,10 +42,10 @@ __all__ = ['INDEX_KINDS', 'SWEEPS', 'MAX_K', 'MAX_HISTORY', 'MAX_QUERY_CHARS', '
            'EXPLANATIONS', 'ItemRef', 'ServingError', 'faiss_threads', 'ItemIndex', 'top_items', 'recall_at_k',
            'query_latencies', 'compare_indexes', 'fastest_at_recall', 'plot_recall_latency', 'synthetic_catalogue',
            'scale_check', 'quantize_user_tower', 'Catalogue', 'FeedbackLog', 'feedback_sequences',
-           'finetune_from_feedback', 'ServeConfig', 'RecQuery', 'similarity_contributions', 'length_groups',
-           'occluded_histories', 'top_contributors', 'RecommendationService', 'MicroBatcher', 'AnswerCache',
-           'BodySizeLimit', 'RecommendRequest', 'SearchRequest', 'FeedbackRequest', 'validation_message', 'make_app',
-           'run_server', 'free_port', 'call', 'BackgroundServer', 'load_test', 'plot_latency_histogram']
+           'finetune_from_feedback', 'ServeConfig', 'RecQuery', 'similarity_contributions', 'occluded_histories',
+           'top_contributors', 'RecommendationService', 'MicroBatcher', 'AnswerCache', 'BodySizeLimit',
+           'RecommendRequest', 'SearchRequest', 'FeedbackRequest', 'validation_message', 'RecommendFastPath',
+           'make_app', 'run_server', 'free_port', 'call', 'BackgroundServer', 'load_test', 'plot_latency_histogram']
 
 # %% ../nbs/06_serving.ipynb #d6e30330
 class ServingError(ValueError):
@@ -395,6 +395,7 @@ class ServeConfig:
     ef_search: int = 128  # HNSW candidates kept per query
     max_batch: int = 64  # requests computed together (1 = no batching)
     cache_size: int = 4096  # answers kept for repeated requests (0 = no cache)
+    fast_path: bool = True  # answer POST /recommend below FastAPI's routing (`RecommendFastPath`)
     explain_top: int = 3  # history items named per recommended item
     explain_window: int = 20  # occlusion removes each of the newest `explain_window` history items in turn
 
@@ -411,20 +412,6 @@ class RecQuery:
 def similarity_contributions(vectors: np.ndarray, history: np.ndarray, items: np.ndarray) -> np.ndarray:
     "[len(history), len(items)]: the dot product of each history item's vector with each recommended item's vector."
     return vectors[history] @ vectors[items].T
-
-
-def length_groups(lengths: Sequence[int], ratio: float = 2.0, min_size: int = 8) -> list[np.ndarray]:
-    """Positions of `lengths` in groups of similar length (shortest first). A batch is padded to its longest history and
-    attention costs grow with the square of that length, so one 50-item history in a batch of 5-item ones would make
-    the whole pass ten times wider: a new group starts when a length exceeds `ratio` times the group's shortest
-    (and the group already has `min_size` members: each pass also has a fixed cost)."""
-    order = np.argsort(np.asarray(lengths), kind="stable")
-    groups, start = [], 0
-    for j in range(1, len(order) + 1):
-        if j == len(order) or (lengths[order[j]] > ratio * lengths[order[start]] and j - start >= min_size):
-            groups.append(order[start:j])
-            start = j
-    return groups
 
 
 def occluded_histories(history: np.ndarray, window: int) -> list[np.ndarray]:
@@ -498,17 +485,6 @@ class RecommendationService:
         return {"items": self._items(ids, self.counts[ids]), "cold_start": True,
                 "explanation": "new user (empty history): the most bought items; score = number of purchases"}
 
-    def user_vectors(self, histories: Sequence[np.ndarray]) -> np.ndarray:
-        "The model's user vectors, computed in groups of similar history length (see `length_groups`)."
-        limit = getattr(getattr(getattr(self.model, "network", None), "config", None), "max_length", None)
-        lengths = [min(len(h), limit or len(h)) for h in histories]
-        out = None
-        for group in length_groups(lengths):
-            vectors = np.asarray(self.model.user_vectors([histories[i] for i in group]), dtype=np.float32)
-            if out is None: out = np.empty((len(histories), vectors.shape[1]), dtype=np.float32)
-            out[group] = vectors
-        return out
-
     def recommend_json(self, queries: Sequence[RecQuery]) -> list[str]:
         """The answers to many /recommend requests, as JSON text, from one pass of the user tower and one index search
         (responses are assembled from each item's ready-made JSON: building and encoding dicts would cost more than
@@ -518,7 +494,7 @@ class RecommendationService:
         if not warm: return answers
         occluded = [occluded_histories(q.history, self.config.explain_window) if q.explain == "occlusion" else []
                     for q in warm]
-        users = self.user_vectors([q.history for q in warm] + sum(occluded, []))
+        users = np.asarray(self.model.user_vectors([q.history for q in warm] + sum(occluded, [])), dtype=np.float32)
         found = top_items(self.index, users[:len(warm)], max(q.k for q in warm),
                           [q.history if q.exclude_seen else None for q in warm])
         start, out = len(warm), []
@@ -730,6 +706,46 @@ def validation_message(errors) -> tuple[int, str, str]:
             parts.append(f"{_field(e['loc'])}: {message} (got {e['input']!r:.60})")
     return 422, "; ".join(parts), _field(errors[0]["loc"]) if errors else "body"
 
+# %% ../nbs/06_serving.ipynb #73ec5ce5
+class RecommendFastPath:
+    """ASGI middleware: `POST /recommend` with a JSON body of declared length (at most `limit` bytes) is validated and
+    answered by `answer(RecommendRequest) -> JSON text` here. Every other request goes on to `app`, and so does one that
+    fails validation or names unknown items, with its body replayed, so that the app gives its usual error."""
+
+    def __init__(self, app, answer: Callable, limit: int = MAX_BODY_BYTES):
+        self.app, self.answer, self.limit = app, answer, limit
+
+    def takes(self, scope) -> bool:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/recommend": return False
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"")
+        media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        return declared.isdigit() and int(declared) <= self.limit and media_type == b"application/json"
+
+    async def __call__(self, scope, receive, send):
+        if not self.takes(scope): return await self.app(scope, receive, send)
+        chunks, message = [], {"more_body": True}
+        while message.get("more_body", False):
+            message = await receive()
+            if message["type"] != "http.request": return  # the client went away: nobody to answer
+            chunks.append(message.get("body", b""))
+        body = b"".join(chunks)
+        try: text = await self.answer(RecommendRequest.model_validate_json(body))
+        except (ValidationError, ServingError):
+            replayed = False
+
+            async def replay():
+                nonlocal replayed
+                if replayed: return await receive()
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            return await self.app(scope, replay, send)
+        payload = text.encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
+
 # %% ../nbs/06_serving.ipynb #3e5644e1
 def _json(payload, status: int = 200):
     "A JSON response; `payload` is an object to encode or JSON text already made."
@@ -773,16 +789,22 @@ def make_app(service: RecommendationService):
         return _json({"error": str(error.detail), "field": "body" if error.status_code == 413 else None},
                      error.status_code)
 
+    answered = collections.Counter()
+
+    async def answer(body: RecommendRequest) -> str:
+        "One /recommend answer as JSON text: from the cache, or from the next batch (for the route and the fast path)."
+        history = service.catalogue.resolve(body.history, "history")
+        key = (history.tobytes(), body.k, body.exclude_seen, body.explain)
+        text = cache.get(key)
+        if text is None:
+            text = await recommender.submit(RecQuery(history, body.k, body.exclude_seen, body.explain))
+            cache.put(key, text)
+        return text
+
     @app.post("/recommend", summary="Top-k items for a history, with explanations",
               responses={200: {"description": "items best first; cold_start is true for an empty history"}})
     async def recommend(body: RecommendRequest):
-        history = service.catalogue.resolve(body.history, "history")
-        key = (history.tobytes(), body.k, body.exclude_seen, body.explain)
-        answer = cache.get(key)
-        if answer is None:
-            answer = await recommender.submit(RecQuery(history, body.k, body.exclude_seen, body.explain))
-            cache.put(key, answer)
-        return _json(answer)
+        return _json(await answer(body))
 
     @app.post("/search", summary="Items for a free-text query, through the text tower")
     async def search(body: SearchRequest):
@@ -805,8 +827,16 @@ def make_app(service: RecommendationService):
                       "index": service.index.kind, "feedback_log": None if service.feedback is None else str(service.feedback.path),
                       "feedback_events": None if service.feedback is None else service.feedback.count,
                       "batches": recommender.batches, "batched_requests": recommender.requests,
+                      "fast_path_requests": answered["fast path"],
                       "cache_hits": cache.hits, "cache_misses": cache.misses, "uptime_s": round(time.time() - started, 1)})
 
+    async def fast_answer(body: RecommendRequest) -> str:
+        text = await answer(body)
+        answered["fast path"] += 1
+        return text
+
+    if service.config.fast_path:  # added after BodySizeLimit, so it sees requests first
+        app.add_middleware(RecommendFastPath, answer=fast_answer)
     return app
 
 # %% ../nbs/06_serving.ipynb #df666037

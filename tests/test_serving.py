@@ -351,6 +351,33 @@ def test_bad_input_is_a_4xx_naming_the_field(server, case):
     assert call(server.url, "/healthz")[0] == 200
 
 
+def post_chunked(url: str, path: str, payload) -> tuple[int, dict]:
+    "POST JSON without a Content-Length (chunked transfer encoding): a request the /recommend fast path leaves to FastAPI."
+    import http.client
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request("POST", path, body=iter([json.dumps(payload).encode()]), encode_chunked=True,
+                           headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_the_fast_path_answers_exactly_as_the_fastapi_route(server, histories):
+    payload = {"history": histories[2].tolist(), "k": 7, "explain": "occlusion"}
+    before = call(server.url, "/healthz")[1]["fast_path_requests"]
+    fast = call(server.url, "/recommend", payload)
+    assert call(server.url, "/healthz")[1]["fast_path_requests"] == before + 1
+    routed = post_chunked(server.url, "/recommend", payload)
+    assert call(server.url, "/healthz")[1]["fast_path_requests"] == before + 1, "a chunked body goes to FastAPI"
+    assert fast[0] == routed[0] == 200 and fast[1] == routed[1]
+    bad = {"history": [1, 999999], "k": 7}
+    assert call(server.url, "/recommend", bad) == post_chunked(server.url, "/recommend", bad)  # the same 422 message
+    assert call(server.url, "/healthz")[1]["fast_path_requests"] == before + 1, "rejected requests are not counted"
+
+
 def test_a_body_that_is_not_json_is_refused(server):
     status, answer = call(server.url, "/recommend", data=b"history=1", headers={"Content-Type": "text/plain"})
     assert status == 415 and "application/json" in answer["error"]
