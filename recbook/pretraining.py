@@ -187,7 +187,8 @@ def plot_pretraining_curve(history: pd.DataFrame) -> Figure:
     ax.plot(history.index, history["train_loss"], marker="o", label="training loss")
     ax.plot(history.index, history["valid_loss"], marker="o", label="held-out loss")
     ax.set(xlabel="epoch", ylabel="masked-LM cross-entropy", title="text BERT pretraining")
-    right = ax.secondary_yaxis("right", functions=(np.exp, np.log))
+    # matplotlib also maps the axis' limits back through the inverse, and they can reach 0: no log(0) warning
+    right = ax.secondary_yaxis("right", functions=(np.exp, lambda p: np.log(np.maximum(p, np.finfo(float).tiny))))
     right.set_ylabel("held-out perplexity")
     ax.legend()
     return fig
