@@ -205,10 +205,8 @@ class UserTower(nn.Module):
         real = ~padding
         if not real[:, -1].all():
             raise EvaluationError("every history needs its newest item in the last column (right-aligned, not empty)")
-        device = item_vectors.device
         x = self.input_norm((item_vectors + self.positions.weight[self.config.max_length - length:])[real])
-        allowed = torch.ones(length, length, dtype=torch.bool, device=device).tril() & real.unsqueeze(1)
-        allowed = (allowed | torch.eye(length, dtype=torch.bool, device=device)).unsqueeze(1)  # [B, 1, L, L]: all heads
+        mask = causal_padding_mask(padding, heads=1).unsqueeze(1)  # [B, 1, L, L]: the same for every head
         newest_rows = real.sum(1).cumsum(0) - 1  # each history's newest item in the packed matrix
         for j, block in enumerate(self.blocks):
             attention = block.attention
@@ -216,10 +214,11 @@ class UserTower(nn.Module):
             grid = projected.new_zeros(batch, length, 3 * hidden)
             grid[real] = projected
             q, k, v = (t.unflatten(-1, (self.config.heads, -1)).transpose(1, 2) for t in grid.chunk(3, -1))
+            mask = mask.to(q.dtype)  # under autocast the projections may be in half precision
             if j < len(self.blocks) - 1:
-                attended = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed).transpose(1, 2).flatten(2)[real]
+                attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).flatten(2)[real]
             else:
-                attended = F.scaled_dot_product_attention(q[:, :, -1:], k, v, attn_mask=allowed[:, :, -1:])
+                attended = F.scaled_dot_product_attention(q[:, :, -1:], k, v, attn_mask=mask[:, :, -1:])
                 attended, x = attended[:, :, 0].flatten(1), x[newest_rows]
             x = x + attention.out_proj(attended)
             x = x + block.feed_forward(block.norm2(x))
