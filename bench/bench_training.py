@@ -37,7 +37,7 @@ def peak_memory_mb(device) -> float:
 
 
 def run(kind: str, ds, split, towers, training, device) -> dict:
-    network = build_network(kind, ds, towers, device)
+    network = build_network(kind, ds, towers, device, seed=training.seed)
     if device.type == "cuda": torch.cuda.reset_peak_memory_stats()
     clock = {"train": 0.0}
 

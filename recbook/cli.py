@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 DATASET_HELP = "beauty (shipped), beauty-tiny (derived), or a dataset directory/file"
@@ -52,7 +53,6 @@ def quickstart(args) -> None:
     if args.data_only: return
 
     import time
-    from dataclasses import replace
 
     from recbook.data import leave_one_out
     from recbook.evaluation import evaluate_full, fit_baseline
@@ -105,11 +105,12 @@ def pretrain(args) -> None:
 
 def train(args) -> None:
     from recbook.data import load_dataset
-    from dataclasses import replace
 
-    from recbook.training import FULL_TOWERS, FULL_TRAINING, SMOKE_TOWERS, SMOKE_TRAINING, train_model
+    from recbook.training import (FULL_TOWERS, FULL_TRAINING, SMOKE_TOWERS, SMOKE_TRAINING, load_train_config,
+                                  train_model)
 
     towers, training = (SMOKE_TOWERS, SMOKE_TRAINING) if args.smoke else (FULL_TOWERS, FULL_TRAINING)
+    if args.config: towers, training = load_train_config(args.config, towers, training)
     if args.text_encoder: towers = replace(towers, text_encoder=args.text_encoder)
     if args.epochs: training = replace(training, epochs=args.epochs)
     training = replace(training, seed=args.seed)
@@ -119,6 +120,44 @@ def train(args) -> None:
     for name, value in metrics.items():
         print(f"{name:<{width}}  {value:.4f}" if isinstance(value, float) else f"{name:<{width}}  {value}")
     print(f"wrote {args.out}")
+
+
+def runs(args) -> None:
+    from recbook.data import load_dataset
+    from recbook.pretraining import FULL_CONFIG, SMOKE_CONFIG
+    from recbook.training import (CHAPTER_VARIANTS, FULL_TOWERS, FULL_TRAINING, SMOKE_TOWERS, SMOKE_TRAINING,
+                                  ensure_runs)
+
+    known = {v.name: v for v in CHAPTER_VARIANTS}
+    unknown = [name for name in args.variants or [] if name not in known]
+    if unknown: raise ValueError(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(known)}")
+    variants = [known[name] for name in args.variants] if args.variants else list(CHAPTER_VARIANTS)
+    if any(v.init_from_bert4rec for v in variants) and not any(v.kind == "bert4rec" for v in variants):
+        variants.insert(0, known["bert4rec"])  # behaviour pretraining starts from the same seed's BERT4Rec run
+    towers, training = (SMOKE_TOWERS, SMOKE_TRAINING) if args.smoke else (FULL_TOWERS, FULL_TRAINING)
+    table = ensure_runs(load_dataset(args.dataset), variants, args.seeds, args.records, args.work, towers, training,
+                        SMOKE_CONFIG if args.smoke else FULL_CONFIG, progress=args.progress,
+                        say=lambda line: print(line, flush=True))
+    columns = ["variant", "seed", "test HR@10", "test NDCG@10", "best_epoch", "seconds_per_epoch", "current"]
+    print(table[columns].round(4).to_string(index=False))
+
+
+def tune(args) -> None:
+    from recbook.data import atomic_write, load_dataset
+    from recbook.training import FULL_TOWERS, FULL_TRAINING, SMOKE_TOWERS, SMOKE_TRAINING, tune as search
+
+    towers, training = (SMOKE_TOWERS, SMOKE_TRAINING) if args.smoke else (FULL_TOWERS, FULL_TRAINING)
+    if args.text_encoder: towers = replace(towers, text_encoder=args.text_encoder)
+    best = search(args.model, load_dataset(args.dataset), args.trials, args.epochs, args.timeout, towers, training,
+                  seed=args.seed)
+    with atomic_write(Path(args.out)) as f: json.dump(best, f, indent=1)
+    width = max(len(name) for name in best["trials"][0])
+    print("\n".join(f"trial {t['number']:>3}  {t['state']:<8}  valid NDCG@10 "
+                    + (f"{t['valid NDCG@10']:.4f}" if t["valid NDCG@10"] is not None else "  -   ")
+                    + "  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.items()
+                                       if k not in ("number", "state", "valid NDCG@10")) for t in best["trials"]))
+    print(f"best validation NDCG@10 {best['valid NDCG@10']:.4f}: {json.dumps({k: best[k] for k in ('towers', 'training')})}")
+    print(f"wrote {args.out}; train it with: recbook train --model {args.model} --dataset {args.dataset} --config {args.out}")
 
 
 def evaluate(args) -> None:
@@ -199,10 +238,33 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--smoke", action="store_true", help="the small configuration: seconds on a CPU")
     tr.add_argument("--text-encoder", help="twotower: 'minilm' (default) or a `recbook pretrain` directory")
     tr.add_argument("--init-from", help="twotower/sasrec: a bert4rec model directory whose item embeddings start the IDs")
+    tr.add_argument("--config", help="JSON file of tower/training settings, e.g. what `recbook tune` wrote")
     tr.add_argument("--epochs", type=int, help="at most this many epochs (default: the configuration's)")
     tr.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     tr.add_argument("--progress", action="store_true", help="progress bars and a line per epoch")
     tr.set_defaults(func=train)
+
+    rn = commands.add_parser("runs", help="train the chapter's variants x seeds whose run records are missing or stale")
+    rn.add_argument("--dataset", default="beauty", help=DATASET_HELP)
+    rn.add_argument("--records", required=True, help="folder of run records (the book's: results/beauty)")
+    rn.add_argument("--work", required=True, help="folder for models and checkpoints; an interrupted run resumes there")
+    rn.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
+    rn.add_argument("--variants", nargs="+", help="only these variants (default: all of chapter 4's)")
+    rn.add_argument("--smoke", action="store_true", help="the small configuration: seconds on a CPU")
+    rn.add_argument("--progress", action="store_true", help="progress bars and a line per epoch")
+    rn.set_defaults(func=runs)
+
+    tu = commands.add_parser("tune", help="search learning rate, batch size and regularisation on the validation split")
+    tu.add_argument("--model", required=True, choices=["twotower", "sasrec"], help="what to tune")
+    tu.add_argument("--dataset", default="beauty", help=DATASET_HELP)
+    tu.add_argument("--out", required=True, help="JSON file for the best configuration (recbook train --config reads it)")
+    tu.add_argument("--trials", type=_positive, default=20, help="at most this many trials (default 20)")
+    tu.add_argument("--epochs", type=_positive, default=20, help="at most this many epochs per trial (default 20)")
+    tu.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    tu.add_argument("--text-encoder", help="twotower: 'minilm' (default) or a `recbook pretrain` directory")
+    tu.add_argument("--smoke", action="store_true", help="the small model sizes: seconds on a CPU")
+    tu.add_argument("--seed", type=int, default=0, help="random seed of the search and of every trial (default 0)")
+    tu.set_defaults(func=tune)
 
     ev = commands.add_parser("evaluate", help="every evaluation metric for a baseline or a saved model")
     ev.add_argument("--model", required=True, help="pop, itemknn, or a model directory (with recommender.json)")

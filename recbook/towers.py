@@ -247,13 +247,14 @@ class TwoTower(nn.Module):
 
     def logits(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         "Scores of user vectors [N, d] against item vectors [M, d]: a dot product (or cosine) over the temperature."
-        return users @ items.T / self.config.temperature
+        # the temperature divides the N user vectors, not the N x M scores: the same numbers for a fraction of the work
+        if self.config.temperature != 1: users = users / self.config.temperature
+        return users @ items.T
 
 # %% ../nbs/03_towers.ipynb #a93eaf5b
 def full_softmax_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    "Cross-entropy over the whole catalogue; column 0 (padding) is never a valid answer."
-    return nn.functional.cross_entropy(logits.float().index_fill(1, torch.tensor([0], device=logits.device), -torch.inf),
-                                       targets)
+    "Cross-entropy over the whole catalogue: `logits` [N, n_items] score items 1..n_items; `targets` [N] are item ids."
+    return nn.functional.cross_entropy(logits.float(), targets - 1)
 
 # %% ../nbs/03_towers.ipynb #a83f94dc
 def sampled_softmax_loss(users: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor,

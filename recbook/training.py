@@ -5,6 +5,7 @@
 # %% ../nbs/04_training.ipynb #6f95c3a8
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -26,9 +27,13 @@ from .towers import (SASRecRecommender, TowerConfig, TwoTower, TwoTowerRecommend
 
 # %% auto #0
 __all__ = ['FULL_TOWERS', 'SMOKE_TOWERS', 'FULL_TRAINING', 'SMOKE_TRAINING', 'QUICKSTART_TRAINING', 'QUICKSTART_TEXT',
-           'MODEL_KINDS', 'TrainConfig', 'epoch_batches', 'next_item_batch', 'warmup_cosine', 'save_checkpoint',
-           'Interrupted', 'fit', 'build_network', 'heldout_metrics', 'Bert4RecRecommender', 'init_from_bert4rec',
-           'train_model', 'fine_tune', 'cold_start_metrics', 'summarise_runs']
+           'MODEL_KINDS', 'RUN_RECORD', 'RECORD_MODULES', 'CHAPTER_VARIANTS', 'TUNE_REPORT', 'TrainConfig',
+           'epoch_batches', 'next_item_batch', 'warmup_cosine', 'save_checkpoint', 'Interrupted', 'fit',
+           'build_network', 'heldout_metrics', 'Bert4RecRecommender', 'init_from_bert4rec', 'train_model', 'fine_tune',
+           'cold_start_metrics', 'summarise_runs', 'library_code_hash', 'dataset_fingerprint', 'describe_device',
+           'run_provenance', 'run_record', 'write_run_record', 'read_run_record', 'record_is_current',
+           'paired_comparison', 'Variant', 'ensure_runs', 'load_run_records', 'load_train_config', 'suggest_settings',
+           'tune']
 
 # %% ../nbs/04_training.ipynb #fb75c7b5
 @dataclass
@@ -72,10 +77,14 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, w
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def next_item_batch(sequences, rows, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    "Right-aligned inputs (items 1..n-1) and targets (items 2..n) of the chosen sequences: [B, L] each, 0 = padding."
-    inputs = left_padded([sequences[r][:-1] for r in rows], max_length)
-    targets = left_padded([sequences[r][1:] for r in rows], max_length)
+def next_item_batch(padded: torch.Tensor, rows) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs (items 1..n-1) and targets (items 2..n) of the chosen rows: [B, L] each, 0 = padding, right-aligned.
+
+    `padded` is every training sequence right-aligned once per run, `left_padded(sequences, max_length + 1)`: a batch
+    is then one gather, with no Python loop over its rows. Columns that are padding in every row are dropped."""
+    block = padded[torch.as_tensor(rows)]
+    inputs = block[:, :-1]
+    targets = block[:, 1:].masked_fill(inputs == 0, 0)  # a sequence's first item has no input before it
     first = int((targets != 0).any(0).float().argmax())
     return inputs[:, first:], targets[:, first:]
 
@@ -128,6 +137,7 @@ def fit(network: TwoTower, split: Split, config: TrainConfig, out_dir=None, devi
     model = nn.parallel.DistributedDataParallel(network) if world > 1 else network
     sequences = [s for s in split.train if len(s) > 1]
     lengths = np.array([min(len(s) - 1, network.config.max_length) for s in sequences])
+    padded = left_padded(sequences, network.config.max_length + 1)  # batches are gathered from it
     steps_per_epoch = len(epoch_batches(lengths, config.batch_size, config.seed, 0)) // world // config.accumulate
     total_steps = max(1, steps_per_epoch * config.epochs)
     decay = [p for n, p in network.named_parameters() if p.ndim >= 2 and "positions" not in n]
@@ -179,21 +189,24 @@ def fit(network: TwoTower, split: Split, config: TrainConfig, out_dir=None, devi
                    leave=False)
         while state["batch"] < len(batches):
             for micro in range(config.accumulate):
-                inputs, targets = next_item_batch(sequences, batches[state["batch"] + micro], network.config.max_length)
+                inputs, targets = next_item_batch(padded, batches[state["batch"] + micro])
                 drop = (torch.rand(inputs.shape, generator=sampler) < network.config.id_dropout) & (inputs != 0)
-                inputs, targets, drop = inputs.to(device), targets.to(device), drop.to(device)
-                chosen = targets != 0
+                # the real positions are found on the host, where the batch is made: selecting them with a boolean
+                # mask on the GPU would make the host wait for the device to count them
+                chosen = (targets != 0).flatten().nonzero().squeeze(1)
+                inputs, drop = inputs.to(device, non_blocking=True), drop.to(device, non_blocking=True)
+                chosen, targets = chosen.to(device, non_blocking=True), targets.flatten()[chosen].to(device, non_blocking=True)
                 with autocast:
                     users, items = model(inputs, drop)
-                    users = users[chosen]
-                    if config.loss == "full":
-                        loss = full_softmax_loss(network.logits(users, items), targets[chosen])
+                    users = users.flatten(0, 1)[chosen]
+                    if config.loss == "full":  # every item but the padding id 0 is a candidate
+                        loss = full_softmax_loss(network.logits(users, items[1:]), targets)
                     else:
-                        negatives, log_q = mixed_negatives(targets[chosen], config.random_negatives, item_probability, sampler)
-                        loss = sampled_softmax_loss(users, items, targets[chosen], negatives,
+                        negatives, log_q = mixed_negatives(targets, config.random_negatives, item_probability, sampler)
+                        loss = sampled_softmax_loss(users, items, targets, negatives,
                                                     log_q if config.log_q else None, network.config.temperature)
                 scaler.scale(loss / config.accumulate).backward()
-                running += torch.stack([loss.detach().float() * chosen.sum(), chosen.sum().float()])
+                running += torch.stack([loss.detach().float() * len(chosen), torch.tensor(float(len(chosen)), device=device)])
             scaler.unscale_(optimiser)
             nn.utils.clip_grad_norm_(network.parameters(), config.clip_norm)
             scaler.step(optimiser)
@@ -251,12 +264,16 @@ QUICKSTART_TEXT = replace(FULL_TEXT_BERT, epochs=3)
 MODEL_KINDS = ("twotower", "sasrec", "bert4rec")
 
 
-def build_network(kind: str, ds: Dataset, towers: TowerConfig, device=None) -> TwoTower:
-    "A fresh network of `kind` for `ds`: SASRec ignores text; the two-tower model reads the cached text vectors."
+def build_network(kind: str, ds: Dataset, towers: TowerConfig, device=None, seed: int = 0) -> TwoTower:
+    """A fresh network of `kind` for `ds`: SASRec ignores text; the two-tower model reads the cached text vectors.
+
+    The initial weights depend on `seed` alone. The seed is set after the text vectors are ready: loading an encoder
+    to fill the cache draws random numbers, reading the cache draws none, and a first run must not differ from a rerun."""
     if kind == "sasrec": towers = replace(towers, text_encoder=None, use_ids=True, id_dropout=0.0)
     elif kind == "twotower" and not towers.text_encoder: towers = replace(towers, text_encoder="minilm")
     text = (catalogue_text_vectors(ds.items["text"].tolist(), towers.text_encoder, device=device)
             if towers.text_encoder else None)
+    torch.manual_seed(seed)
     return TwoTower(ds.n_items, towers, text)
 
 
@@ -312,7 +329,9 @@ def init_from_bert4rec(network: TwoTower, bert4rec_dir) -> TwoTower:
 def train_model(kind: str, ds: Dataset, out_dir, towers: TowerConfig = FULL_TOWERS, training: TrainConfig = FULL_TRAINING,
                 device=None, progress: bool = False, log: bool = True, init_from=None) -> dict:
     """What `recbook train` runs: train `kind` on leave-one-out training sequences, keep the best validation epoch,
-    write the model directory (with history.csv and metrics.json) and return the test metrics there.
+    write the model directory and return the test metrics there.
+
+    The directory gets `history.csv`, `metrics.json` and `run.json`, the run record (see *Run records* below).
     `init_from`: a bert4rec model directory whose item embeddings start the ID part of the item tower."""
     from recbook.data import leave_one_out
     from recbook.pretraining import Bert4RecConfig, train_bert4rec
@@ -324,26 +343,33 @@ def train_model(kind: str, ds: Dataset, out_dir, towers: TowerConfig = FULL_TOWE
     split = leave_one_out(ds)
     started = time.perf_counter()
     if kind == "bert4rec":
-        config = Bert4RecConfig(hidden=towers.hidden, layers=towers.layers, heads=towers.heads,
-                                max_length=towers.max_length, epochs=training.epochs, batch_size=training.batch_size,
-                                learning_rate=training.learning_rate, evaluate_every=training.evaluate_every,
-                                seed=training.seed)
-        model, history, best_epoch = train_bert4rec(split, ds.n_items, config, device, progress)
+        settings = Bert4RecConfig(hidden=towers.hidden, layers=towers.layers, heads=towers.heads,
+                                  max_length=towers.max_length, epochs=training.epochs, batch_size=training.batch_size,
+                                  learning_rate=training.learning_rate, evaluate_every=training.evaluate_every,
+                                  seed=training.seed)
+        model, history, best_epoch = train_bert4rec(split, ds.n_items, settings, device, progress)
         recommender = Bert4RecRecommender(model, ds.name)
     else:
-        network = build_network(kind, ds, towers, device)
+        network = build_network(kind, ds, towers, device, seed=training.seed)
         if init_from is not None: init_from_bert4rec(network, init_from)
         history, best_epoch = fit(network, split, training, out_dir, device, progress,
                                   log_dir=out_dir / "tensorboard" if log else None)
         recommender = (SASRecRecommender if kind == "sasrec" else TwoTowerRecommender)(network, ds.name)
+        settings = network.config
+    train_seconds = time.perf_counter() - started
+    test, ranks = evaluate_full(recommender, split, "test", ks=(10, 20), device=device, return_ranks=True)
     metrics = {"model": kind, "dataset": ds.name, "best_epoch": int(best_epoch), "epochs_run": len(history),
-               "train_seconds": round(time.perf_counter() - started, 2),
+               "train_seconds": round(train_seconds, 2),
                "seconds_per_epoch": round(float(history["seconds"].mean()), 3), "device": str(device),
                **{k: float(history.loc[best_epoch, k]) for k in history.columns if k.startswith("valid")},
-               **heldout_metrics(recommender, split, device), "processes": _distributed()[1]}
+               **{f"test {k}": v for k, v in test.items() if k != "users"},
+               **cold_start_metrics(recommender, split, ranks=ranks), "processes": _distributed()[1]}
     if _distributed()[0] == 0:
-        history.to_csv(out_dir / "history.csv")
+        with atomic_write(out_dir / "history.csv") as f: history.to_csv(f)
         with atomic_write(out_dir / "metrics.json") as f: json.dump(metrics, f, indent=1)
+        record = run_record(kind, ds, settings, training, history, metrics, ranks, device,
+                            init_from=str(init_from) if init_from is not None else None)
+        write_run_record(out_dir / RUN_RECORD, record)
         recommender.save(out_dir, extra={"training": asdict(training)})
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
@@ -378,17 +404,18 @@ def fine_tune(model_dir, extra_sequences, out_dir, epochs: int = 1, seed: int = 
                                                                  "extra_sequences": len(extra)})
 
 # %% ../nbs/04_training.ipynb #e662b948
-def cold_start_metrics(recommender, split: Split, max_count: int = 5, device=None) -> dict:
-    "Test HR/NDCG@10 over users whose target item had at most `max_count` interactions in what the model saw."
+def cold_start_metrics(recommender, split: Split, max_count: int = 5, device=None, ranks=None) -> dict:
+    """Test HR/NDCG@10 over users whose target item had at most `max_count` interactions in what the model saw.
+    `ranks`: the test ranks of every test user, if already computed (`evaluate_full(..., return_ranks=True)`)."""
     from recbook.evaluation import accuracy_metrics
 
     history = split.history("test")
     counts = np.bincount(np.concatenate(history), minlength=recommender.n_items + 1)
-    _, ranks = evaluate_full(recommender, split, "test", ks=(10,), device=device, return_ranks=True)
+    if ranks is None: _, ranks = evaluate_full(recommender, split, "test", ks=(10,), device=device, return_ranks=True)
     users = split.users("test")
     targets = np.array([split.test[u][0] for u in users])
     rare = counts[targets] <= max_count
-    subset = accuracy_metrics(ranks[rare], np.arange(int(rare.sum())), int(rare.sum()), ks=(10,))
+    subset = accuracy_metrics(np.asarray(ranks)[rare], np.arange(int(rare.sum())), int(rare.sum()), ks=(10,))
     return {"cold users": int(rare.sum()), **{f"cold {k}": v for k, v in subset.items()}}
 
 
@@ -401,3 +428,293 @@ def summarise_runs(runs: pd.DataFrame, columns=("test HR@10", "test NDCG@10", "c
         mean, std = groups[column].mean(), groups[column].std(ddof=1).fillna(0.0)
         out[column] = [f"{m:.4f} ± {s:.4f}" for m, s in zip(mean, std)]
     return out
+
+# %% ../nbs/04_training.ipynb #c566d70b
+RUN_RECORD = "run.json"
+RECORD_MODULES = ("data", "evaluation", "pretraining", "towers", "training")  # what a training run executes
+
+
+def library_code_hash() -> str:
+    "SHA-256 of the library modules that a training run executes: a record made by other code has another hash."
+    import recbook
+
+    digest = hashlib.sha256()
+    for name in RECORD_MODULES:
+        digest.update((Path(recbook.__file__).parent / f"{name}.py").read_bytes())
+    return digest.hexdigest()
+
+
+def dataset_fingerprint(ds: Dataset) -> str:
+    "SHA-256 of a dataset's sequences (in order) and item texts: two copies of the same data share it."
+    digest = hashlib.sha256(str(ds.n_items).encode())
+    digest.update(np.array([len(s) for s in ds.sequences], dtype=np.int64).tobytes())
+    digest.update(np.concatenate(ds.sequences).astype(np.int64).tobytes())
+    digest.update(json.dumps([None if t is None else str(t) for t in ds.items["text"]]).encode())
+    return digest.hexdigest()
+
+
+def describe_device(device: torch.device) -> str:
+    "The device in words: the GPU's name, or the CPU's model and the threads torch uses."
+    import platform
+
+    if device.type == "cuda": return f"cuda: {torch.cuda.get_device_name(device)}"
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [l.split(":", 1)[1].strip() for l in cpuinfo.read_text().splitlines() if l.startswith("model name")] \
+        if cpuinfo.is_file() else []
+    return f"cpu: {names[0] if names else platform.processor()}, {torch.get_num_threads()} threads"
+
+
+def run_provenance(device: torch.device) -> dict:
+    "Device, versions, date and the git commit of the library's checkout (None outside one)."
+    import datetime, platform, subprocess
+
+    import recbook
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                                cwd=Path(recbook.__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"device": describe_device(device),
+            "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+                         "recbook": recbook.__version__},
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "git_commit": commit}
+
+
+def _plain(value):
+    "JSON-ready: numpy scalars to Python numbers, NaN (an epoch without validation) to None."
+    if isinstance(value, dict): return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)): return [_plain(v) for v in value]
+    if isinstance(value, np.generic): value = value.item()
+    if isinstance(value, float) and math.isnan(value): return None
+    return value
+
+
+def run_record(kind: str, ds: Dataset, settings, training: TrainConfig, history: pd.DataFrame, metrics: dict,
+               test_ranks, device, **extra) -> dict:
+    "One training run as a JSON-ready dict: configuration, data, code, device, history, metrics and per-user test ranks."
+    return _plain({"format": 1, "kind": kind, "model_settings": asdict(settings), "training": asdict(training),
+                   "seed": training.seed, "dataset": {"name": ds.name, "fingerprint": dataset_fingerprint(ds),
+                                                      "users": len(ds.sequences), "items": ds.n_items},
+                   "code_sha256": library_code_hash(), **run_provenance(torch.device(device)), **extra,
+                   "history": history.reset_index().to_dict(orient="records"), "metrics": metrics,
+                   "test_ranks": np.asarray(test_ranks).astype(np.int64).tolist()})
+
+
+def write_run_record(path, record: dict) -> Path:
+    "Write a record atomically (a temporary file renamed into place): a killed run never leaves half a record."
+    with atomic_write(Path(path)) as f: json.dump(record, f, indent=None, separators=(",", ":"))
+    return Path(path)
+
+
+def read_run_record(path) -> dict:
+    "A record, or an error that names the file and what is wrong with it."
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise EvaluationError(f"{path}: not a readable run record ({error})") from None
+    missing = [k for k in ("format", "kind", "code_sha256", "dataset", "metrics", "test_ranks") if k not in record]
+    if missing: raise EvaluationError(f"{path}: run record lacks {', '.join(missing)}")
+    return record
+
+
+def record_is_current(record: dict, ds: Dataset | None = None) -> bool:
+    "Made by today's library code (and, if `ds` is given, on this very dataset)?"
+    if record["code_sha256"] != library_code_hash(): return False
+    return ds is None or record["dataset"]["fingerprint"] == dataset_fingerprint(ds)
+
+# %% ../nbs/04_training.ipynb #21a45d53
+def paired_comparison(ranks_a, ranks_b, k: int = 10, resamples: int = 10_000, seed: int = 0) -> dict:
+    """Is model A better than model B on the same test users? Per-user NDCG@k from 0-based ranks (one target per user;
+    [users], or [seeds, users] to average each user's gain over seeds first),
+    the mean difference A - B, its 95% paired-bootstrap interval, and two-sided p-values of the paired t-test and of
+    the Wilcoxon signed-rank test (scipy)."""
+    from scipy import stats
+
+    def gains(ranks):  # [users] or [seeds, users] -> per-user NDCG@k, averaged over seeds
+        ranks = np.atleast_2d(np.asarray(ranks, dtype=float))
+        return np.where(ranks < k, 1 / np.log2(ranks + 2), 0.0).mean(0)
+
+    a, b = gains(ranks_a), gains(ranks_b)
+    if a.shape != b.shape: raise EvaluationError(f"the two models were ranked on {a.shape} and {b.shape} users")
+    diff = a - b
+    rng = np.random.default_rng(seed)
+    means = np.array([diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(resamples)])
+    return {f"NDCG@{k} A": float(a.mean()), f"NDCG@{k} B": float(b.mean()), "difference": float(diff.mean()),
+            "95% interval": (float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))),
+            "p (paired t)": float(stats.ttest_rel(a, b).pvalue) if diff.any() else 1.0,
+            "p (Wilcoxon)": float(stats.wilcoxon(a, b).pvalue) if diff.any() else 1.0, "users": len(diff)}
+
+# %% ../nbs/04_training.ipynb #cff7f4f3
+@dataclass(frozen=True)
+class Variant:
+    "One row of the results table: a model kind, where its item vectors come from, and its name in file names."
+    name: str  # file-name safe: records are `{name}-seed{seed}.json`
+    label: str
+    kind: str
+    text: str | None = None  # "minilm", "own-bert" (chapter 2's text BERT, pretrained by `ensure_runs`), or None
+    use_ids: bool = True
+    init_from_bert4rec: bool = False  # start the ID embeddings from the same seed's "bert4rec" run
+
+
+CHAPTER_VARIANTS = (
+    Variant("bert4rec", "BERT4Rec (Cloze, IDs)", "bert4rec"),
+    Variant("sasrec", "SASRec (IDs only)", "sasrec"),
+    Variant("twotower-minilm", "two-tower: MiniLM text + IDs", "twotower", "minilm"),
+    Variant("twotower-own-bert", "  - text from scratch (our BERT)", "twotower", "own-bert"),
+    Variant("twotower-minilm-bert4rec-ids", "  + behaviour pretraining (BERT4Rec IDs)", "twotower", "minilm",
+            init_from_bert4rec=True),
+    Variant("twotower-minilm-text-only", "  - no IDs (MiniLM text only)", "twotower", "minilm", use_ids=False),
+)
+
+
+def _requested(variant: Variant, towers: TowerConfig, training: TrainConfig, text_config) -> dict:
+    "What a run of `variant` is asked to be: compared with a stored record's request to tell whether it still fits."
+    return _plain({"variant": asdict(variant), "towers": asdict(towers), "training": asdict(training),
+                   "text_bert": asdict(text_config) if variant.text == "own-bert" else None})
+
+
+def _fresh_directory(folder: Path, stamp: dict) -> Path:
+    "A work folder for `stamp` (request + code): one left by other code or another request is emptied first."
+    marker = folder / "request.json"
+    if folder.exists() and not (marker.is_file() and json.loads(marker.read_text()) == stamp):
+        import shutil
+
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not marker.is_file():
+        with atomic_write(marker) as f: json.dump(stamp, f)
+    return folder
+
+
+def ensure_runs(ds: Dataset, variants, seeds, records, work, towers: TowerConfig = FULL_TOWERS,
+                training: TrainConfig = FULL_TRAINING, text_config=FULL_TEXT_BERT, device=None,
+                progress: bool = False, say=print) -> pd.DataFrame:
+    """Train every (variant, seed) whose record in `records` is missing or stale, write its record, and return the
+    table of all of them (`load_run_records`). Models, checkpoints and chapter 2's text BERT live under `work`; an
+    interrupted run resumes from its checkpoint there when called again with the same code and request."""
+    from recbook.data import leave_one_out
+    from recbook.pretraining import run_text_pretraining
+
+    records, work = Path(records), Path(work)
+    code, fingerprint = library_code_hash(), dataset_fingerprint(ds)
+    for seed in seeds:
+        for variant in variants:
+            path = records / f"{variant.name}-seed{seed}.json"
+            seeded = replace(training, seed=seed)
+            request = _requested(variant, towers, seeded, text_config)
+            if path.is_file():
+                old = read_run_record(path)
+                if old["code_sha256"] == code and old["dataset"]["fingerprint"] == fingerprint and old.get("request") == request:
+                    continue
+            stamp = {"request": request, "code_sha256": code, "dataset": fingerprint}
+            text = variant.text
+            if text == "own-bert":
+                text_dir = _fresh_directory(work / "text-bert", {"text_bert": _plain(asdict(text_config)),
+                                                                 "code_sha256": code, "dataset": fingerprint})
+                if not (text_dir / "config.json").is_file():
+                    say(f"pretraining chapter 2's text BERT into {text_dir}")
+                    run_text_pretraining(ds, text_dir, text_config, device)
+                text = str(text_dir)
+            init_from = None
+            if variant.init_from_bert4rec:
+                source = next(v for v in variants if v.kind == "bert4rec")
+                init_from = work / f"{source.name}-seed{seed}"
+                if not (init_from / RUN_RECORD).is_file():
+                    raise EvaluationError(f"{variant.name} needs the {source.name} run of seed {seed} first: list it earlier")
+            out = _fresh_directory(work / f"{variant.name}-seed{seed}", stamp)
+            if not (out / RUN_RECORD).is_file():  # a finished run left by an interrupted `ensure_runs` is kept
+                started = time.perf_counter()
+                say(f"training {variant.name} seed {seed} -> {out}")
+                train_model(variant.kind, ds, out, replace(towers, text_encoder=text, use_ids=variant.use_ids), seeded,
+                            device, progress, log=False, init_from=init_from)
+                say(f"  done in {time.perf_counter() - started:.0f} s")
+            record = {**read_run_record(out / RUN_RECORD), "variant": variant.name, "label": variant.label,
+                      "request": request}
+            write_run_record(path, record)
+    return load_run_records(records, ds)
+
+
+def load_run_records(records, ds: Dataset | None = None) -> pd.DataFrame:
+    "Every record in a folder as one row: variant, seed, metrics, seconds, whether it is current, and its test ranks."
+    rows = []
+    for path in sorted(Path(records).glob("*.json")):
+        record = read_run_record(path)
+        rows.append({"variant": record.get("variant", path.stem), "model": record.get("label", record["kind"]),
+                     "seed": record["seed"], **record["metrics"], "current": record_is_current(record, ds),
+                     "device_name": record["device"], "date": record["date"], "record": str(path),
+                     "test_ranks": np.asarray(record["test_ranks"])})
+    return pd.DataFrame(rows)
+
+# %% ../nbs/04_training.ipynb #1282f184
+TUNE_REPORT = ("model", "dataset", "valid NDCG@10", "seed", "trials")  # what `tune` adds to a configuration file
+
+
+def load_train_config(path, towers: TowerConfig, training: TrainConfig) -> tuple[TowerConfig, TrainConfig]:
+    "Apply a JSON file's `{\"towers\": {...}, \"training\": {...}}` overrides; an unknown section or setting is an error."
+    try:
+        overrides = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise EvaluationError(f"{path}: not a readable configuration file ({error})") from None
+    if not isinstance(overrides, dict) or set(overrides) - {"towers", "training", *TUNE_REPORT}:
+        raise EvaluationError(f"{path}: expected an object with 'towers' and/or 'training', got "
+                              f"{sorted(overrides) if isinstance(overrides, dict) else type(overrides).__name__}")
+    out = []
+    for section, config in [("towers", towers), ("training", training)]:
+        settings = overrides.get(section, {})
+        unknown = sorted(set(settings) - set(asdict(config)))
+        if unknown: raise EvaluationError(f"{path}: unknown {section} setting(s) {', '.join(unknown)}")
+        try:
+            out.append(replace(config, **settings))
+        except (TypeError, ValueError) as error:
+            raise EvaluationError(f"{path}: {section}: {error}") from None
+    return out[0], out[1]
+
+
+def suggest_settings(trial, kind: str) -> dict:
+    "The search space of `tune`: the optimiser and the regularisation, as {'towers': {...}, 'training': {...}}."
+    training = {"learning_rate": trial.suggest_float("learning_rate", 3e-4, 5e-3, log=True),
+                "batch_size": trial.suggest_categorical("batch_size", [64, 128, 256]),
+                "weight_decay": trial.suggest_float("weight_decay", 1e-3, 0.3, log=True)}
+    towers = {"dropout": trial.suggest_float("dropout", 0.1, 0.6)}
+    if kind == "twotower": towers["id_dropout"] = trial.suggest_float("id_dropout", 0.0, 0.4)
+    return {"towers": towers, "training": training}
+
+
+def tune(kind: str, ds: Dataset, trials: int = 20, epochs: int = 20, timeout: float | None = None,
+         towers: TowerConfig = FULL_TOWERS, training: TrainConfig = FULL_TRAINING, seed: int = 0, device=None) -> dict:
+    """Search `suggest_settings` with Optuna (TPE, median pruning) for the best validation NDCG@10 of `kind` on `ds`
+    within `trials` trials of at most `epochs` epochs (and `timeout` seconds). Returns the best configuration in
+    `load_train_config`'s format, with the search's trials."""
+    import optuna
+    from recbook.data import leave_one_out
+
+    if kind not in ("sasrec", "twotower"): raise EvaluationError(f"tune trains sasrec or twotower models, not {kind!r}")
+    split = leave_one_out(ds)
+
+    def objective(trial) -> float:
+        settings = suggest_settings(trial, kind)
+        network = build_network(kind, ds, replace(towers, **settings["towers"]), device, seed=seed)
+
+        def report(_, row):
+            if "valid NDCG@10" in row:
+                trial.report(row["valid NDCG@10"], row["epoch"])
+                if trial.should_prune(): raise optuna.TrialPruned()
+
+        config = replace(training, **settings["training"], epochs=epochs, seed=seed)
+        history, best = fit(network, split, config, device=device, on_epoch=report)
+        trial.set_user_attr("best_epoch", int(best))
+        return float(history.loc[best, "valid NDCG@10"])
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
+    study.optimize(objective, n_trials=trials, timeout=timeout)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done: raise EvaluationError("no trial finished within the budget: allow more time or fewer epochs")
+    best = study.best_trial
+    settings = suggest_settings(optuna.trial.FixedTrial(best.params), kind)
+    settings["training"]["epochs"] = epochs
+    return {**settings, "model": kind, "dataset": ds.name, "valid NDCG@10": best.value, "seed": seed,
+            "trials": [{"number": t.number, "state": t.state.name, "valid NDCG@10": t.value, **t.params}
+                       for t in study.trials]}

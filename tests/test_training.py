@@ -13,6 +13,7 @@ import torch
 from recbook.data import leave_one_out, load_dataset
 from recbook.evaluation import EvaluationError, load_recommender
 from recbook.towers import TowerConfig, TwoTower
+from recbook.pretraining import left_padded
 from recbook.training import (Interrupted, TrainConfig, epoch_batches, fine_tune, fit, next_item_batch, warmup_cosine)
 
 BIN = Path(sys.executable).parent
@@ -46,10 +47,12 @@ def test_epoch_batches_cover_everything_once_and_cut_padding():
 
 def test_next_item_batch_shifts_by_one():
     sequences = [np.array([1, 2, 3, 4]), np.array([5, 6])]
-    inputs, targets = next_item_batch(sequences, [0, 1], max_length=10)
+    inputs, targets = next_item_batch(left_padded(sequences, 10 + 1), [0, 1])
     assert inputs.tolist() == [[1, 2, 3], [0, 0, 5]] and targets.tolist() == [[2, 3, 4], [0, 0, 6]]
-    inputs, targets = next_item_batch(sequences, [0], max_length=2)  # long histories keep their newest items
+    inputs, targets = next_item_batch(left_padded(sequences, 2 + 1), [0])  # long histories keep their newest items
     assert inputs.tolist() == [[2, 3]] and targets.tolist() == [[3, 4]]
+    inputs, targets = next_item_batch(left_padded(sequences, 10 + 1), [1])  # all-padding columns are dropped
+    assert inputs.tolist() == [[5]] and targets.tolist() == [[6]]
 
 
 def test_warmup_cosine():
@@ -156,3 +159,114 @@ def test_fine_tune_on_extra_sequences(tmp_path):
     assert not np.allclose(before.item_vectors(), after.item_vectors())
     with pytest.raises(EvaluationError, match="outside"):
         fine_tune(base, [np.array([0, 10**6])], tmp_path / "bad")
+
+
+def _state(folder):
+    return torch.load(Path(folder) / "weights.pt", map_location="cpu", weights_only=True)
+
+
+def test_the_same_seed_on_the_command_line_repeats_a_run_exactly(tmp_path):
+    """`recbook train --seed S` twice: identical weights, history, metrics and per-user ranks (CPU). The first run
+    encodes the catalogue's text (loading an encoder draws random numbers), the second reads the cache: seeding must
+    not depend on which happened. Another seed starts from other weights."""
+    env = {"RECBOOK_CACHE": str(tmp_path / "cache")}
+    for name, seed in [("a", "3"), ("b", "3"), ("c", "4")]:
+        result = _recbook("train", "--model", "twotower", "--dataset", "beauty-tiny", "--out", str(tmp_path / name),
+                          "--smoke", "--seed", seed, env=env)
+        assert result.returncode == 0, result.stderr
+    a, b, c = (json.loads((tmp_path / name / "run.json").read_text()) for name in "abc")
+    for x, y in zip(_state(tmp_path / "a").values(), _state(tmp_path / "b").values()):
+        assert torch.equal(x, y)
+    assert a["test_ranks"] == b["test_ranks"] and a["seed"] == b["seed"] == 3
+    untimed = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    assert untimed(a["history"]) == untimed(b["history"])
+    timing = ("train_seconds", "seconds_per_epoch")
+    assert {k: v for k, v in a["metrics"].items() if k not in timing} == {k: v for k, v in b["metrics"].items() if k not in timing}
+    assert any(not torch.equal(x, y) for x, y in zip(_state(tmp_path / "a").values(), _state(tmp_path / "c").values()))
+    assert untimed(a["history"]) != untimed(c["history"])
+
+
+def test_run_record_holds_what_a_paired_comparison_needs(tmp_path):
+    from recbook.training import RUN_RECORD, dataset_fingerprint, library_code_hash, read_run_record, record_is_current
+
+    ds = load_dataset("beauty-tiny")
+    assert _recbook("train", "--model", "sasrec", "--dataset", "beauty-tiny", "--out", str(tmp_path / "m"),
+                    "--smoke").returncode == 0
+    record = read_run_record(tmp_path / "m" / RUN_RECORD)
+    assert record["code_sha256"] == library_code_hash() and record["dataset"]["fingerprint"] == dataset_fingerprint(ds)
+    assert record["kind"] == "sasrec" and record["training"]["seed"] == 0 and record["versions"]["torch"]
+    assert len(record["test_ranks"]) == len(leave_one_out(ds).users("test"))
+    assert record["metrics"]["test NDCG@10"] == json.loads((tmp_path / "m" / "metrics.json").read_text())["test NDCG@10"]
+    assert record_is_current(record, ds)
+    assert not record_is_current({**record, "code_sha256": "0" * 64}), "other code: stale"
+    assert not record_is_current(record, load_dataset("beauty")), "other data: not this record's"
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(EvaluationError, match="broken.json"):
+        read_run_record(tmp_path / "broken.json")
+
+
+def test_ensure_runs_trains_only_what_is_missing_or_stale(tmp_path):
+    from recbook.training import CHAPTER_VARIANTS, SMOKE_TOWERS, SMOKE_TRAINING, ensure_runs, write_run_record
+    from recbook.pretraining import SMOKE_CONFIG
+
+    ds = load_dataset("beauty-tiny")
+    variants = [v for v in CHAPTER_VARIANTS if v.name in ("sasrec", "twotower-minilm-text-only")]
+    said = []
+    args = (ds, variants, [0], tmp_path / "records", tmp_path / "work", SMOKE_TOWERS, replace(SMOKE_TRAINING, epochs=1),
+            SMOKE_CONFIG, "cpu")
+    table = ensure_runs(*args, say=said.append)
+    assert sorted(table.variant) == ["sasrec", "twotower-minilm-text-only"] and table["current"].all()
+    assert sum(line.startswith("training") for line in said) == 2
+    said.clear()
+    ensure_runs(*args, say=said.append)
+    assert not said, "nothing to train when every record is current"
+    stale = tmp_path / "records" / "sasrec-seed0.json"
+    write_run_record(stale, {**json.loads(stale.read_text()), "code_sha256": "0" * 64})
+    (tmp_path / "work" / "sasrec-seed0" / "run.json").unlink()  # and its finished model is gone (another machine)
+    table = ensure_runs(*args, say=said.append)
+    assert said[0].startswith("training sasrec seed 0") and len(said) == 2 and table["current"].all()
+
+
+def test_committed_run_records_are_current():
+    "The book's tables are built from results/: a record made by other library code or other data is stale."
+    from recbook.training import read_run_record, record_is_current
+
+    root = Path(__file__).resolve().parent.parent / "results"
+    records = sorted(root.glob("*/*.json"))
+    assert records, "results/ holds the book's run records"
+    datasets = {}
+    for path in records:
+        record = read_run_record(path)
+        name = record["dataset"]["name"]
+        ds = datasets.setdefault(name, load_dataset(name))
+        assert record_is_current(record, ds), f"{path.relative_to(root.parent)} is stale: rerun `recbook runs` for it"
+
+
+def test_tune_then_train_with_its_configuration(tmp_path):
+    best = tmp_path / "best.json"
+    result = _recbook("tune", "--model", "sasrec", "--dataset", "beauty-tiny", "--smoke", "--trials", "3", "--epochs", "2",
+                      "--out", str(best))
+    assert result.returncode == 0, result.stderr
+    found = json.loads(best.read_text())
+    assert len(found["trials"]) == 3 and 0 < found["valid NDCG@10"] <= 1 and found["training"]["epochs"] == 2
+    assert {"learning_rate", "batch_size", "weight_decay"} <= set(found["training"]) and "dropout" in found["towers"]
+    result = _recbook("train", "--model", "sasrec", "--dataset", "beauty-tiny", "--smoke", "--config", str(best),
+                      "--out", str(tmp_path / "m"))
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "m" / "run.json").read_text())
+    assert record["training"]["learning_rate"] == found["training"]["learning_rate"]
+    assert record["model_settings"]["dropout"] == found["towers"]["dropout"]
+    # the best trial's validation figure is reproduced by training its configuration (same seed, same code)
+    assert record["metrics"]["valid NDCG@10"] == pytest.approx(found["valid NDCG@10"], abs=1e-9)
+
+
+def test_train_config_errors_name_the_file_and_setting(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"training": {"learning_rat": 0.1}}))
+    result = _recbook("train", "--model", "sasrec", "--dataset", "beauty-tiny", "--smoke", "--config", str(bad),
+                      "--out", str(tmp_path / "m"))
+    assert result.returncode == 2 and "bad.json" in result.stderr and "learning_rat" in result.stderr
+    bad.write_text("[1]")
+    result = _recbook("train", "--model", "sasrec", "--dataset", "beauty-tiny", "--smoke", "--config", str(bad),
+                      "--out", str(tmp_path / "m"))
+    assert result.returncode == 2 and "bad.json" in result.stderr
