@@ -86,6 +86,7 @@ class TowerConfig:
     id_dropout: float = 0.1  # share of input items whose ID embedding is hidden in training: the text must carry them
     similarity: str = "dot"  # "dot" or "cosine"
     temperature: float = 1.0  # scores are divided by it (0.05-0.1 suits cosine)
+    input_norm: bool = True  # LayerNorm on the user tower's input (item vector + position); False for the ablation
 
     def __post_init__(self):
         if self.hidden % self.heads: raise EvaluationError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
@@ -170,7 +171,7 @@ class UserTower(nn.Module):
         self.config = config
         self.positions = nn.Embedding(config.max_length, config.hidden)
         nn.init.normal_(self.positions.weight, std=0.02)
-        self.input_norm = nn.LayerNorm(config.hidden)
+        self.input_norm = nn.LayerNorm(config.hidden) if config.input_norm else nn.Identity()
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config.hidden, config.heads, config.dropout) for _ in range(config.layers))
         self.norm = nn.LayerNorm(config.hidden)

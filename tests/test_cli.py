@@ -56,13 +56,18 @@ def test_quickstart_runs_every_stage_on_the_tiny_set(tmp_path):
     "The whole pipeline (the full Beauty run takes minutes; its timing is recorded in README.md, not tested)."
     result = recbook("quickstart", "--dataset", "beauty-tiny", "--out", "out", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for stage in ("== 1. data", "== 2. pretraining", "== 3. training", "== 4. evaluation"):
+    for stage in ("== 1. data", "== 2. pretrained language model", "== 3. training", "== 4. evaluation"):
         assert stage in result.stdout
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert set(results["test"]) == {"MostPopular", "ItemKNN", "two-tower (this run)"}
+    knn = next(name for name in results["test"] if name.startswith("ItemKNN (decay"))
+    assert set(results["test"]) == {"MostPopular", knn, "two-tower (this run)"}
     assert 0 < results["test"]["two-tower (this run)"]["NDCG@10"] <= 1
+    assert results["two_tower_above_itemknn"] == (
+        results["test"]["two-tower (this run)"]["NDCG@10"] > results["test"][knn]["NDCG@10"]
+        and results["test"]["two-tower (this run)"]["HR@10"] > results["test"][knn]["HR@10"])
+    assert results["code_sha256"] and results["seconds"]["total"] > 0 and results["device"]
     assert (tmp_path / "out" / "model" / "recommender.json").is_file()
-    assert (tmp_path / "out" / "model" / "text_encoder" / "config.json").is_file(), "the model directory is self-contained"
+    assert (tmp_path / "out" / "model" / "run.json").is_file()
 
 
 def test_version_and_usage_errors():
