@@ -123,9 +123,10 @@ def pretrain(args) -> None:
 def train(args) -> None:
     from recbook.data import load_dataset
 
-    from recbook.training import (FULL_TOWERS, FULL_TRAINING, SMOKE_TOWERS, SMOKE_TRAINING, load_train_config,
-                                  train_model)
+    from recbook.training import (FULL_TOWERS, FULL_TRAINING, SMOKE_TOWERS, SMOKE_TRAINING, library_code_hash,
+                                  load_train_config, train_model)
 
+    library_code_hash()  # fixed now, before training: the run record names the code that was loaded
     towers, training = (SMOKE_TOWERS, SMOKE_TRAINING) if args.smoke else (FULL_TOWERS, FULL_TRAINING)
     if args.config: towers, training = load_train_config(args.config, towers, training)
     if args.text_encoder: towers = replace(towers, text_encoder=args.text_encoder)

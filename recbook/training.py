@@ -441,6 +441,8 @@ def itemknn_on_validation(split: Split, n_items: int, part: str = "test", decays
     return fit_baseline("itemknn", split, part, n_items, recency_decay=max(scores, key=scores.get)), scores
 
 # %% ../nbs/04_training.ipynb #c566d70b
+import functools
+
 RUN_RECORD = "run.json"
 RECORD_MODULES = ("data", "evaluation", "pretraining", "towers")  # executed by a training run: hashed whole
 # ... and this chapter's part of it (its records, tables and tuning code are not hashed: they do not change a run)
@@ -449,18 +451,37 @@ RECORD_OBJECTS = ("TrainConfig", "epoch_batches", "next_item_batch", "warmup_cos
                   "init_from_bert4rec", "train_model", "cold_start_metrics")
 
 
+def _top_level_sources(path: Path, names) -> dict[str, str]:
+    "The source text (decorators included) of the named top-level functions and classes of a Python file."
+    import ast
+
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    found = {}
+    for node in ast.parse(text).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name in names:
+            start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            found[node.name] = "".join(lines[start - 1:node.end_lineno])
+    return found
+
+
+@functools.cache
 def library_code_hash() -> str:
-    "SHA-256 of the library code that a training run executes: a record made by other code has another hash."
-    import inspect
-
+    """SHA-256 of the library code that a training run executes: a record made by other code has another hash.
+    Read from the installed files (nothing is imported, so a notebook's own definitions stay as they are), once per
+    process: the first call, made before training starts, fixes it, so that editing a file during a long run cannot
+    give the run another code's hash."""
     import recbook
-    import recbook.training
 
+    folder = Path(recbook.__file__).parent
     digest = hashlib.sha256()
     for name in RECORD_MODULES:
-        digest.update((Path(recbook.__file__).parent / f"{name}.py").read_bytes())
+        digest.update((folder / f"{name}.py").read_bytes())
+    sources = _top_level_sources(folder / "training.py", RECORD_OBJECTS)
+    missing = [name for name in RECORD_OBJECTS if name not in sources]
+    if missing: raise EvaluationError(f"{folder / 'training.py'} lacks {', '.join(missing)}")
     for name in RECORD_OBJECTS:
-        digest.update(inspect.getsource(getattr(recbook.training, name)).encode())
+        digest.update(sources[name].encode())
     return digest.hexdigest()
 
 
@@ -660,8 +681,8 @@ def load_run_records(records, ds: Dataset | None = None) -> pd.DataFrame:
     rows = []
     for path in sorted(Path(records).glob("*.json")):
         record = read_run_record(path)
-        rows.append({"variant": record.get("variant", path.stem), "model": record.get("label", record["kind"]),
-                     "seed": record["seed"], **record["metrics"], "current": record_is_current(record, ds),
+        rows.append({"variant": record.get("variant", path.stem), "seed": record["seed"], **record["metrics"],
+                     "model": record.get("label", record["kind"]), "current": record_is_current(record, ds),
                      "device_name": record["device"], "date": record["date"], "record": str(path),
                      "test_ranks": np.asarray(record["test_ranks"])})
     return pd.DataFrame(rows)
