@@ -62,3 +62,17 @@ def test_installed_wheel_loads_beauty_outside_the_repository(wheel, tmp_path):
     location, counts = result.stdout.strip().splitlines()
     assert location.startswith(str(target))  # the wheel's copy, not the repository's
     assert counts == "22363 12101 198502"
+
+
+def test_requirements_keep_colabs_torch_and_pin_the_cpu_build_on_cpu_machines(wheel):
+    """The package asks for any recent torch, so `pip install` on Colab keeps Colab's CUDA build; the README's install
+    and CI add constraints-cpu.txt, which picks the CPU-only build instead of PyPI's multi-GB CUDA one."""
+    archive = zipfile.ZipFile(wheel)
+    metadata = archive.read(next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    torch_requirements = [l for l in metadata.splitlines() if l.startswith("Requires-Dist: torch")]
+    assert torch_requirements == ["Requires-Dist: torch>=2.4"], torch_requirements
+    pins = [l for l in (ROOT / "constraints-cpu.txt").read_text().splitlines() if l and not l.startswith("#")]
+    assert pins == ["torch==2.13.0+cpu"]
+    first_command = (ROOT / "README.md").read_text().split("```bash\n", 1)[1].split("\n", 1)[0]
+    assert "pip install -e . -c constraints-cpu.txt" in first_command
+    assert "-c constraints-cpu.txt" in (ROOT / "tools" / "test.sh").read_text()

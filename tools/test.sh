@@ -24,7 +24,7 @@ quiet() {  # run a command; show its output (less pip's "Location ... is ignored
 
 phase "python environment (.venv)"
 [ -x .venv/bin/python ] || python3 -m venv .venv
-quiet .venv/bin/python -m pip install -e ".[dev]"
+quiet .venv/bin/python -m pip install -e ".[dev]" -c constraints-cpu.txt
 done_phase
 
 if [ ! -x /usr/bin/chromium ]; then

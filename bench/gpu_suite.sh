@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# One command for a bare GPU machine (see ../shared/gpu/README.md): the book's run records first, then every
+# benchmark, each step under its own time limit and all of them under one budget, records and logs in one folder.
+#
+#   bash bench/gpu_suite.sh [--dry-run] [--out DIR] [--budget SECONDS]
+#
+# Needs only what that machine has (python, torch, numpy, pandas, scipy, transformers, tqdm, tensorboard): no install
+# of recbook (PYTHONPATH is the checkout), no Jupyter, nbdev, faiss, fastapi or MiniLM package. The MiniLM text
+# vectors come from the cache that travels with the working tree: before the trip, on the CPU,
+#   RECBOOK_CACHE=$PWD/.cache/recbook python -c "from recbook.data import load_dataset; \
+#     from recbook.towers import catalogue_text_vectors as v; v(load_dataset('beauty').items['text'].tolist(), 'minilm')"
+# and carry `.cache` (about 19 MB). Committed run records are copied into DIR first, so only missing or stale runs
+# train there; bring DIR/results/beauty/*.json back into results/beauty/. --dry-run prints the plan and checks the
+# prerequisites without training anything (the tests run it on the CPU).
+set -u
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+OUT=${OUT:-$ROOT/gpu-out}
+BUDGET=470  # seconds: under 8 minutes, so that one device call (10 minutes at most) holds it all
+DRY=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --dry-run) DRY=1 ;;
+    --out) OUT=$2; shift ;;
+    --budget) BUDGET=$2; shift ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+PYTHON=${PYTHON:-python3}
+export PYTHONPATH=$ROOT:$ROOT/bench${PYTHONPATH:+:$PYTHONPATH}
+export RECBOOK_CACHE=${RECBOOK_CACHE:-$ROOT/.cache/recbook}
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+mkdir -p "$OUT/results/beauty"
+SUMMARY=$OUT/summary.txt
+: > "$SUMMARY"
+
+say() { echo "$*" | tee -a "$SUMMARY"; }
+
+# step NAME LIMIT COMMAND...: run under min(LIMIT, what is left of the budget); skipped when under 60 s are left
+step() {
+  local name=$1 limit=$2
+  shift 2
+  local left=$((BUDGET - SECONDS))
+  if [ "$left" -lt 60 ]; then say "skipped  $name (budget spent: ${SECONDS}s of ${BUDGET}s)"; return; fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  if [ "$DRY" = 1 ]; then say "plan     $name  (limit ${limit}s): $*"; return; fi
+  local start=$SECONDS status=0
+  timeout --signal=INT --kill-after=20 "$limit" "$@" > "$OUT/$name.log" 2>&1 || status=$?
+  say "$( [ $status = 0 ] && echo done || echo "rc=$status" )     $name  $((SECONDS - start))s (limit ${limit}s)"
+}
+
+# prerequisites: the modules a training run imports, and the cached MiniLM vectors
+DRY=$DRY $PYTHON - <<'PY' || { say "prerequisites missing: see above"; exit 1; }
+import importlib.util, os, sys
+missing = [m for m in ("torch", "numpy", "pandas", "scipy", "transformers", "tqdm") if importlib.util.find_spec(m) is None]
+if missing: sys.exit(f"missing modules: {missing}")
+import torch
+from recbook.data import load_dataset
+from recbook.towers import _cache_dir, catalogue_text_vectors
+print("device:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (no GPU)")
+if os.environ["DRY"] == "1": sys.exit(print("a dry run: the MiniLM cache is not checked"))
+try:
+    catalogue_text_vectors(load_dataset("beauty").items["text"].tolist(), "minilm")
+    print("MiniLM text vectors: cached under", _cache_dir())
+except Exception as error:  # no MiniLM package here: the cache must have come along
+    sys.exit(f"MiniLM text vectors are not cached under {_cache_dir()} ({error}); see the header of this script")
+PY
+cp -n "$ROOT"/results/beauty/*.json "$OUT/results/beauty/" 2>/dev/null || true
+
+RUNS="$PYTHON -m recbook runs --dataset beauty --records $OUT/results/beauty --work /tmp/recbook-runs/full"
+step records-main 280 $RUNS --seeds 0 1 2 --variants twotower-minilm sasrec
+step bench-training 120 $PYTHON bench/bench_training.py --epochs 15
+step bench-evaluation 40 $PYTHON bench/bench_evaluation.py
+step records-rest 600 $RUNS --seeds 0 1 2 --variants bert4rec twotower-minilm-bert4rec-ids twotower-minilm-text-only twotower-own-bert
+cp "$ROOT"/bench/results/*-cuda.json "$OUT/" 2>/dev/null || true
+say "total ${SECONDS}s of ${BUDGET}s; records in $OUT/results/beauty, logs and benchmark records in $OUT"
