@@ -72,6 +72,7 @@ RUNS="$PYTHON -m recbook runs --dataset beauty --records $OUT/results/beauty --w
 step records-main 280 $RUNS --seeds 0 1 2 --variants twotower-minilm sasrec
 step bench-training 120 $PYTHON bench/bench_training.py --epochs 15
 step bench-evaluation 40 $PYTHON bench/bench_evaluation.py
+step bench-pretraining 60 $PYTHON bench/bench_pretraining.py --epochs 3
 step records-rest 600 $RUNS --seeds 0 1 2 --variants bert4rec twotower-minilm-bert4rec-ids twotower-minilm-text-only twotower-own-bert
 cp "$ROOT"/bench/results/*-cuda.json "$OUT/" 2>/dev/null || true
 say "total ${SECONDS}s of ${BUDGET}s; records in $OUT/results/beauty, logs and benchmark records in $OUT"

@@ -13,7 +13,7 @@ def test_gpu_suite_dry_run_plans_every_step_within_its_budget(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     plan = (tmp_path / "summary.txt").read_text().splitlines()
     steps = [line.split()[1] for line in plan if line.startswith("plan")]
-    assert steps == ["records-main", "bench-training", "bench-evaluation", "records-rest"]
+    assert steps == ["records-main", "bench-training", "bench-evaluation", "bench-pretraining", "records-rest"]
     assert "recbook runs --dataset beauty --records " + str(tmp_path / "results" / "beauty") in result.stdout
     limits = [int(line.split("limit ")[1].split("s)")[0]) for line in plan if line.startswith("plan")]
     assert all(0 < limit <= 470 for limit in limits)
@@ -28,3 +28,20 @@ def test_gpu_suite_stops_with_a_clear_message_without_torch(tmp_path):
     if subprocess.run(["/usr/bin/python3", "-c", "import torch"], capture_output=True).returncode == 0:
         return  # this machine's system python has torch: nothing to check
     assert result.returncode == 1 and "missing modules" in result.stdout + result.stderr
+
+
+def test_pretraining_benchmark_counts_flops_and_writes_a_record(tmp_path):
+    out = tmp_path / "pretraining.json"
+    result = subprocess.run([sys.executable, "bench_pretraining.py", "--smoke", "--dataset", "beauty-tiny", "--epochs", "2",
+                             "--out", str(out)], cwd=ROOT / "bench", capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    import json
+
+    record = json.loads(out.read_text())
+    flops = record["flops_per_token"]
+    # hand count for the smoke BERT (hidden 64, 2 layers, feed-forward 256): per layer 4 projections of 64 x 64 and
+    # two feed-forward matrices of 64 x 256, with their biases, and two LayerNorms
+    per_layer = 4 * (64 * 64 + 64) + (64 * 256 + 256) + (256 * 64 + 64) + 2 * 2 * 64
+    assert flops["non_embedding_parameters"] == 2 * per_layer and flops["dense"] == 6 * 2 * per_layer
+    assert flops["total"] == flops["dense"] + flops["attention"] + flops["masked-LM head"]
+    assert record["tokens_per_s"] > 0 and record["mfu"] is None and record["git_commit"] is not None
