@@ -178,6 +178,22 @@ def tune(args) -> None:
     print(f"wrote {args.out}; train it with: recbook train --model {args.model} --dataset {args.dataset} --config {args.out}")
 
 
+def _check_trained_on(model_dir, model, ds) -> None:
+    "Refuse to score a model on data other than its own: its run record's dataset fingerprint, else its item count."
+    from recbook.training import RUN_RECORD, dataset_fingerprint, read_run_record
+
+    record_file = Path(model_dir) / RUN_RECORD
+    if record_file.is_file():
+        trained = read_run_record(record_file)["dataset"]
+        if trained["fingerprint"] != dataset_fingerprint(ds):
+            raise ValueError(f"{model_dir} was trained on dataset {trained['name']!r} ({trained['users']:,} users, "
+                             f"{trained['items']:,} items, fingerprint {trained['fingerprint'][:12]}); --dataset "
+                             f"{ds.name!r} is other data ({len(ds.sequences):,} users, {ds.n_items:,} items, fingerprint "
+                             f"{dataset_fingerprint(ds)[:12]})")
+    elif model.n_items != ds.n_items:
+        raise ValueError(f"{model_dir} scores {model.n_items:,} items; --dataset {ds.name!r} has {ds.n_items:,}")
+
+
 def evaluate(args) -> None:
     from recbook.data import leave_one_out, load_dataset
     from recbook.evaluation import evaluate_recommender, fit_baseline, load_recommender
@@ -187,7 +203,8 @@ def evaluate(args) -> None:
     if args.model in ("pop", "itemknn"):
         model = fit_baseline(args.model, split, args.split, ds.n_items)
     else:
-        model = load_recommender(args.model)  # evaluate_recommender checks that it fits this dataset's catalogue
+        model = load_recommender(args.model)
+        _check_trained_on(args.model, model, ds)
     report = {"model": args.model, "dataset": ds.name,
               **evaluate_recommender(model, ds, split, args.split, k=args.k, seed=args.seed)}
     if args.json:

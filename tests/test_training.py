@@ -270,3 +270,18 @@ def test_train_config_errors_name_the_file_and_setting(tmp_path):
     result = _recbook("train", "--model", "sasrec", "--dataset", "beauty-tiny", "--smoke", "--config", str(bad),
                       "--out", str(tmp_path / "m"))
     assert result.returncode == 2 and "bad.json" in result.stderr
+
+
+def test_evaluate_refuses_a_model_trained_on_other_data(tmp_path):
+    "A beauty-tiny model scored on Beauty used to print metrics without a word; its run record says what it saw."
+    out = tmp_path / "m"
+    assert _recbook("train", "--model", "sasrec", "--dataset", "beauty-tiny", "--out", str(out), "--smoke").returncode == 0
+    result = _recbook("evaluate", "--model", str(out), "--dataset", "beauty")
+    assert result.returncode == 2 and "trained on dataset 'beauty-tiny'" in result.stderr and "'beauty'" in result.stderr
+    copy = tmp_path / "copy"  # the same data written to a folder: the same fingerprint, so it is accepted
+    assert _recbook("prepare", "--dataset", "beauty-tiny", "--out", str(copy)).returncode == 0
+    result = _recbook("evaluate", "--model", str(out), "--dataset", str(copy), "--json")
+    assert result.returncode == 0, result.stderr
+    (out / "run.json").unlink()  # a model without a record (older versions): the item count still has to match
+    result = _recbook("evaluate", "--model", str(out), "--dataset", "beauty")
+    assert result.returncode == 2 and "scores 560 items" in result.stderr
