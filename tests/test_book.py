@@ -27,6 +27,19 @@ def test_toc_lists_every_chapter_in_order():
     assert missing == [], f"_toc.yml lists notebooks that do not exist: {missing}"
 
 
+def test_front_page_links_every_chapter_of_the_toc():
+    "The front page's chapter table is the table of contents: each chapter linked, in order, none 'in progress'."
+    import json
+
+    front = json.loads((ROOT / "nbs" / "index.ipynb").read_text())
+    text = "\n".join("".join(c["source"]) for c in front["cells"] if c["cell_type"] == "markdown")
+    table = text.split("## The chapters", 1)[1].split("\n## ", 1)[0]
+    linked = re.findall(r"^\| *\d+ *\| *\[[^\]]+\]\((\d\d_[a-z_]+)\.ipynb\)", table, flags=re.M)
+    assert [f"nbs/{name}" for name in linked] == toc_files()[1:]
+    assert "in progress" not in text.lower() and "being written" not in text.lower()
+    assert (ROOT / "nbs" / "images" / "course-map.svg").is_file() and "images/course-map.svg" in table
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     "Build the book from a clean output folder, exactly as documented: -W -n --keep-going."

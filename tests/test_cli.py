@@ -76,3 +76,21 @@ def test_version_and_usage_errors():
     assert recbook("--version").stdout.strip() == f"recbook {__version__}"
     missing = recbook("data")
     assert missing.returncode == 2 and "usage:" in missing.stderr
+
+
+def test_readme_quotes_the_quickstart_record():
+    """The README's figures for the main job are the committed record's (results/quickstart-cpu.json, written by a
+    full `recbook quickstart` on the 2-core CPU): the book's model above ItemKNN on both metrics, within 10 minutes."""
+    root = Path(__file__).resolve().parents[1]
+    record = json.loads((root / "results" / "quickstart-cpu.json").read_text())
+    readme = (root / "README.md").read_text()
+    ours = record["test"]["two-tower (this run)"]
+    knn_name = next(name for name in record["test"] if name.startswith("ItemKNN"))
+    knn, pop = record["test"][knn_name], record["test"]["MostPopular"]
+    assert record["dataset"] == "beauty" and record["two_tower_above_itemknn"]
+    assert ours["NDCG@10"] > knn["NDCG@10"] and ours["HR@10"] > knn["HR@10"]
+    minutes, seconds = divmod(round(record["seconds"]["total"]), 60)
+    assert record["seconds"]["total"] <= 600
+    for quoted in (f"{minutes} min {seconds} s", f"{ours['HR@10']:.4f}", f"{ours['NDCG@10']:.4f}", f"{knn['HR@10']:.4f}",
+                   f"{knn['NDCG@10']:.4f}", f"{pop['HR@10']:.4f}", f"{pop['NDCG@10']:.4f}", record["git_commit"]):
+        assert quoted in readme, f"README.md does not quote {quoted!r} from results/quickstart-cpu.json"
