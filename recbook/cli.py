@@ -65,6 +65,9 @@ def quickstart(args) -> None:
     seconds = {"data": round(time.perf_counter() - started, 1)}
     device = default_device()
     towers = replace(FULL_TOWERS, text_encoder="minilm")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # the weights load in a second: no bar for it in the job's output
     print(f"\n== 2. pretrained language model: MiniLM (a 6-layer BERT sentence encoder) reads {ds.n_items:,} item texts")
     vectors = catalogue_text_vectors(ds.items["text"].tolist(), "minilm", device=device)
     seconds["text vectors"] = round(time.perf_counter() - started - seconds["data"], 1)
