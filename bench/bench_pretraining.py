@@ -25,7 +25,8 @@ from recbook.evaluation import default_device
 from recbook.pretraining import FULL_CONFIG, SMOKE_CONFIG, build_text_bert, pretrain_text_bert, train_tokenizer
 
 # dense bf16 tensor-core peaks, FLOP/s, from the vendors' data sheets (SXM parts)
-BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "T4": 65e12}
+BF16_PEAK = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
+             "A10": 125e12, "T4": 65e12}  # first match wins: the longer names come first
 MASKED_SHARE = 0.15  # chapter 2's masking probability
 
 
@@ -53,8 +54,9 @@ def main() -> None:
     tokenizer = train_tokenizer(texts, config.vocab_size)
     lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=config.max_length)["input_ids"]]
     _, history = pretrain_text_bert(texts, tokenizer, config, device)
-    # batches are padded to their longest text: the attention term uses the mean padded length of a random batch
-    mean_padded = statistics.mean(max(lengths[i:i + config.batch_size]) for i in range(0, len(lengths), config.batch_size))
+    # batches are padded to their longest text: the attention term uses the mean padded length of shuffled batches
+    shuffled = [lengths[i] for i in torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0))]
+    mean_padded = statistics.mean(max(shuffled[i:i + config.batch_size]) for i in range(0, len(shuffled), config.batch_size))
     flops = flops_per_token(config, len(tokenizer), mean_padded)
     steady = history["tokens_per_s"].iloc[1:] if len(history) > 1 else history["tokens_per_s"]  # epoch 1 warms up
     tokens_per_s = float(steady.median())

@@ -38,13 +38,17 @@ SUMMARY=$OUT/summary.txt
 say() { echo "$*" | tee -a "$SUMMARY"; }
 
 # step NAME LIMIT COMMAND...: run under min(LIMIT, what is left of the budget); skipped when under 60 s are left
+# (a dry run plans the worst case: every step uses its whole limit)
+PLANNED=0
 step() {
   local name=$1 limit=$2
   shift 2
-  local left=$((BUDGET - SECONDS))
-  if [ "$left" -lt 60 ]; then say "skipped  $name (budget spent: ${SECONDS}s of ${BUDGET}s)"; return; fi
+  local used=$SECONDS
+  [ "$DRY" = 1 ] && used=$PLANNED
+  local left=$((BUDGET - used))
+  if [ "$left" -lt 60 ]; then say "skipped  $name (budget spent: ${used}s of ${BUDGET}s)"; return; fi
   [ "$limit" -gt "$left" ] && limit=$left
-  if [ "$DRY" = 1 ]; then say "plan     $name  (limit ${limit}s): $*"; return; fi
+  if [ "$DRY" = 1 ]; then PLANNED=$((PLANNED + limit)); say "plan     $name  (limit ${limit}s): $*"; return; fi
   local start=$SECONDS status=0
   timeout --signal=INT --kill-after=20 "$limit" "$@" > "$OUT/$name.log" 2>&1 || status=$?
   say "$( [ $status = 0 ] && echo done || echo "rc=$status" )     $name  $((SECONDS - start))s (limit ${limit}s)"
@@ -69,10 +73,10 @@ PY
 cp -n "$ROOT"/results/beauty/*.json "$OUT/results/beauty/" 2>/dev/null || true
 
 RUNS="$PYTHON -m recbook runs --dataset beauty --records $OUT/results/beauty --work /tmp/recbook-runs/full"
-step records-main 280 $RUNS --seeds 0 1 2 --variants twotower-minilm sasrec
-step bench-training 120 $PYTHON bench/bench_training.py --epochs 15
-step bench-evaluation 40 $PYTHON bench/bench_evaluation.py
-step bench-pretraining 60 $PYTHON bench/bench_pretraining.py --epochs 3
+step records-main 220 $RUNS --seeds 0 1 2 --variants twotower-minilm sasrec
+step bench-training 100 $PYTHON bench/bench_training.py --epochs 15
+step bench-evaluation 30 $PYTHON bench/bench_evaluation.py
+step bench-pretraining 50 $PYTHON bench/bench_pretraining.py --epochs 3
 step records-rest 600 $RUNS --seeds 0 1 2 --variants bert4rec twotower-minilm-bert4rec-ids twotower-minilm-text-only twotower-own-bert
 cp "$ROOT"/bench/results/*-cuda.json "$OUT/" 2>/dev/null || true
 say "total ${SECONDS}s of ${BUDGET}s; records in $OUT/results/beauty, logs and benchmark records in $OUT"

@@ -122,6 +122,24 @@ def pretrain(args) -> None:
     print(f"wrote {args.out}")
 
 
+def _refuse_another_runs_checkpoint(out: Path, kind: str, towers, training, init_from) -> None:
+    """`train --out DIR` resumes DIR's checkpoint: only if that checkpoint is of this very run (same model, settings,
+    seed and code), else its weights would be reported under another configuration. The request is noted in DIR."""
+    from dataclasses import asdict
+
+    from recbook.training import library_code_hash
+
+    request = {"model": kind, "towers": asdict(towers), "training": asdict(training),
+               "init_from": str(init_from) if init_from else None, "code_sha256": library_code_hash()}
+    marker = out / "train-request.json"
+    if (out / "checkpoint.pt").is_file() and marker.is_file() and json.loads(marker.read_text()) != request:
+        raise ValueError(f"{out} holds the checkpoint of another run (other model, settings, seed or code, see "
+                         f"{marker}); give another --out, or delete {out} to start afresh")
+    from recbook.data import atomic_write
+
+    with atomic_write(marker) as f: json.dump(request, f, indent=1)
+
+
 def train(args) -> None:
     from recbook.data import load_dataset
 
@@ -133,7 +151,8 @@ def train(args) -> None:
     if args.config: towers, training = load_train_config(args.config, towers, training)
     if args.text_encoder: towers = replace(towers, text_encoder=args.text_encoder)
     if args.epochs: training = replace(training, epochs=args.epochs)
-    training = replace(training, seed=args.seed)
+    if args.seed is not None: training = replace(training, seed=args.seed)
+    _refuse_another_runs_checkpoint(Path(args.out), args.model, towers, training, args.init_from)
     metrics = train_model(args.model, load_dataset(args.dataset), args.out, towers, training, progress=args.progress,
                           init_from=args.init_from)
     width = max(map(len, metrics))
@@ -171,7 +190,6 @@ def tune(args) -> None:
     best = search(args.model, load_dataset(args.dataset), args.trials, args.epochs, args.timeout, towers, training,
                   seed=args.seed)
     with atomic_write(Path(args.out)) as f: json.dump(best, f, indent=1)
-    width = max(len(name) for name in best["trials"][0])
     print("\n".join(f"trial {t['number']:>3}  {t['state']:<8}  valid NDCG@10 "
                     + (f"{t['valid NDCG@10']:.4f}" if t["valid NDCG@10"] is not None else "  -   ")
                     + "  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.items()
@@ -277,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--init-from", help="twotower/sasrec: a bert4rec model directory whose item embeddings start the IDs")
     tr.add_argument("--config", help="JSON file of tower/training settings, e.g. what `recbook tune` wrote")
     tr.add_argument("--epochs", type=int, help="at most this many epochs (default: the configuration's)")
-    tr.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    tr.add_argument("--seed", type=int, help="random seed (default: the configuration's, 0 unless --config sets it)")
     tr.add_argument("--progress", action="store_true", help="progress bars and a line per epoch")
     tr.set_defaults(func=train)
 

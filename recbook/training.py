@@ -559,9 +559,10 @@ def read_run_record(path) -> dict:
     return record
 
 
-def record_is_current(record: dict, ds: Dataset | None = None) -> bool:
-    "Made by today's library code (and, if `ds` is given, on this very dataset)?"
+def record_is_current(record: dict, ds: Dataset | None = None, request: dict | None = None) -> bool:
+    "Made by today's library code (and, if given, on this very dataset, and as `ensure_runs` would ask for it)?"
     if record["code_sha256"] != library_code_hash(): return False
+    if request is not None and record.get("request") != request: return False
     return ds is None or record["dataset"]["fingerprint"] == dataset_fingerprint(ds)
 
 # %% ../nbs/04_training.ipynb #21a45d53
@@ -634,42 +635,48 @@ def ensure_runs(ds: Dataset, variants, seeds, records, work, towers: TowerConfig
     """Train every (variant, seed) whose record in `records` is missing or stale, write its record, and return the
     table of all of them (`load_run_records`). Models, checkpoints and chapter 2's text BERT live under `work`; an
     interrupted run resumes from its checkpoint there when called again with the same code and request."""
-    from recbook.data import leave_one_out
     from recbook.pretraining import run_text_pretraining
 
     records, work = Path(records), Path(work)
     code, fingerprint = library_code_hash(), dataset_fingerprint(ds)
+
+    def text_bert() -> str:
+        "Chapter 2's text BERT for this code and data, pretrained once into `work` (the marker sits beside it)."
+        folder = _fresh_directory(work / "text-bert", {"text_bert": _plain(asdict(text_config)), "code_sha256": code,
+                                                       "dataset": fingerprint})
+        if not (folder / "model" / "config.json").is_file():
+            say(f"pretraining chapter 2's text BERT into {folder / 'model'}")
+            run_text_pretraining(ds, folder / "model", text_config, device)
+        return str(folder / "model")
+
+    def finished_run(variant: Variant, seed: int) -> Path:
+        "The work folder of a finished run of (variant, seed) by this code, on this data, as asked: trained if need be."
+        seeded = replace(training, seed=seed)
+        stamp = {"request": _requested(variant, towers, seeded, text_config), "code_sha256": code, "dataset": fingerprint}
+        out = _fresh_directory(work / f"{variant.name}-seed{seed}", stamp)
+        if (out / RUN_RECORD).is_file() and (out / RECOMMENDER_FILE).is_file():  # finished earlier: kept
+            return out
+        init_from = None
+        if variant.init_from_bert4rec:
+            source = next((v for v in [*variants, *CHAPTER_VARIANTS] if v.kind == "bert4rec"))
+            init_from = finished_run(source, seed)
+        text = text_bert() if variant.text == "own-bert" else variant.text
+        started = time.perf_counter()
+        say(f"training {variant.name} seed {seed} -> {out}")
+        train_model(variant.kind, ds, out, replace(towers, text_encoder=text, use_ids=variant.use_ids), seeded,
+                    device, progress, log=False, init_from=init_from)
+        say(f"  done in {time.perf_counter() - started:.0f} s")
+        return out
+
     for seed in seeds:
         for variant in variants:
             path = records / f"{variant.name}-seed{seed}.json"
-            seeded = replace(training, seed=seed)
-            request = _requested(variant, towers, seeded, text_config)
+            request = _requested(variant, towers, replace(training, seed=seed), text_config)
             if path.is_file():
                 old = read_run_record(path)
                 if old["code_sha256"] == code and old["dataset"]["fingerprint"] == fingerprint and old.get("request") == request:
                     continue
-            stamp = {"request": request, "code_sha256": code, "dataset": fingerprint}
-            text = variant.text
-            if text == "own-bert":
-                text_dir = _fresh_directory(work / "text-bert", {"text_bert": _plain(asdict(text_config)),
-                                                                 "code_sha256": code, "dataset": fingerprint})
-                if not (text_dir / "config.json").is_file():
-                    say(f"pretraining chapter 2's text BERT into {text_dir}")
-                    run_text_pretraining(ds, text_dir, text_config, device)
-                text = str(text_dir)
-            init_from = None
-            if variant.init_from_bert4rec:
-                source = next(v for v in variants if v.kind == "bert4rec")
-                init_from = work / f"{source.name}-seed{seed}"
-                if not (init_from / RUN_RECORD).is_file():
-                    raise EvaluationError(f"{variant.name} needs the {source.name} run of seed {seed} first: list it earlier")
-            out = _fresh_directory(work / f"{variant.name}-seed{seed}", stamp)
-            if not (out / RUN_RECORD).is_file():  # a finished run left by an interrupted `ensure_runs` is kept
-                started = time.perf_counter()
-                say(f"training {variant.name} seed {seed} -> {out}")
-                train_model(variant.kind, ds, out, replace(towers, text_encoder=text, use_ids=variant.use_ids), seeded,
-                            device, progress, log=False, init_from=init_from)
-                say(f"  done in {time.perf_counter() - started:.0f} s")
+            out = finished_run(variant, seed)
             record = {**read_run_record(out / RUN_RECORD), "variant": variant.name, "label": variant.label,
                       "request": request}
             write_run_record(path, record)
@@ -755,7 +762,8 @@ def tune(kind: str, ds: Dataset, trials: int = 20, epochs: int = 20, timeout: fl
     if not done: raise EvaluationError("no trial finished within the budget: allow more time or fewer epochs")
     best = study.best_trial
     settings = suggest_settings(optuna.trial.FixedTrial(best.params), kind)
-    settings["training"]["epochs"] = epochs
+    settings["training"].update(epochs=epochs, seed=seed)  # what `train --config` needs to repeat the best trial
+    if towers.text_encoder: settings["towers"]["text_encoder"] = towers.text_encoder
     return {**settings, "model": kind, "dataset": ds.name, "valid NDCG@10": best.value, "seed": seed,
             "trials": [{"number": t.number, "state": t.state.name, "valid NDCG@10": t.value, **t.params}
                        for t in study.trials]}

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -16,17 +18,17 @@ def test_gpu_suite_dry_run_plans_every_step_within_its_budget(tmp_path):
     assert steps == ["records-main", "bench-training", "bench-evaluation", "bench-pretraining", "records-rest"]
     assert "recbook runs --dataset beauty --records " + str(tmp_path / "results" / "beauty") in result.stdout
     limits = [int(line.split("limit ")[1].split("s)")[0]) for line in plan if line.startswith("plan")]
-    assert all(0 < limit <= 470 for limit in limits)
+    assert all(limit > 0 for limit in limits) and sum(limits) <= 470, "even if every step used its whole limit"
     assert sorted(p.name for p in (tmp_path / "results" / "beauty").glob("*.json")) == \
         sorted(p.name for p in (ROOT / "results" / "beauty").glob("*.json")), "committed records are copied first"
 
 
 def test_gpu_suite_stops_with_a_clear_message_without_torch(tmp_path):
+    if subprocess.run(["/usr/bin/python3", "-c", "import torch"], capture_output=True).returncode == 0:
+        pytest.skip("this machine's system python has torch: no python without it to try")
     result = subprocess.run(["bash", str(ROOT / "bench" / "gpu_suite.sh"), "--dry-run", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHON": "/usr/bin/python3", "PYTHONNOUSERSITE": "1"})
-    if subprocess.run(["/usr/bin/python3", "-c", "import torch"], capture_output=True).returncode == 0:
-        return  # this machine's system python has torch: nothing to check
     assert result.returncode == 1 and "missing modules" in result.stdout + result.stderr
 
 

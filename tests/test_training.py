@@ -186,6 +186,20 @@ def test_the_same_seed_on_the_command_line_repeats_a_run_exactly(tmp_path):
     assert untimed(a["history"]) != untimed(c["history"])
 
 
+def test_initial_weights_depend_on_the_seed_alone(tiny):
+    "Whatever random numbers were drawn before (an encoder loaded, another model built), a seed gives one network."
+    from recbook.training import SMOKE_TOWERS, build_network
+
+    ds, _ = tiny
+    torch.rand(7)
+    first = build_network("sasrec", ds, SMOKE_TOWERS, seed=5).state_dict()
+    torch.rand(1000)
+    again = build_network("sasrec", ds, SMOKE_TOWERS, seed=5).state_dict()
+    other = build_network("sasrec", ds, SMOKE_TOWERS, seed=6).state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
 def test_run_record_holds_what_a_paired_comparison_needs(tmp_path):
     from recbook.training import RUN_RECORD, dataset_fingerprint, library_code_hash, read_run_record, record_is_current
 
@@ -222,24 +236,52 @@ def test_ensure_runs_trains_only_what_is_missing_or_stale(tmp_path):
     assert not said, "nothing to train when every record is current"
     stale = tmp_path / "records" / "sasrec-seed0.json"
     write_run_record(stale, {**json.loads(stale.read_text()), "code_sha256": "0" * 64})
-    (tmp_path / "work" / "sasrec-seed0" / "run.json").unlink()  # and its finished model is gone (another machine)
+    marker = tmp_path / "work" / "sasrec-seed0" / "request.json"  # its work folder too was left by other code
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "code_sha256": "0" * 64}))
+    before = (tmp_path / "work" / "sasrec-seed0" / "checkpoint.pt").stat().st_mtime_ns
     table = ensure_runs(*args, say=said.append)
     assert said[0].startswith("training sasrec seed 0") and len(said) == 2 and table["current"].all()
+    assert (tmp_path / "work" / "sasrec-seed0" / "checkpoint.pt").stat().st_mtime_ns != before, "retrained, not resumed"
+    assert json.loads(marker.read_text())["code_sha256"] != "0" * 64
+
+
+def test_ensure_runs_builds_what_a_variant_needs_once(tmp_path):
+    "Chapter 2's text BERT is pretrained once for all seeds; a BERT4Rec start is trained even if only its record exists."
+    from recbook.pretraining import SMOKE_CONFIG
+    from recbook.training import CHAPTER_VARIANTS, SMOKE_TOWERS, SMOKE_TRAINING, ensure_runs
+
+    ds = load_dataset("beauty-tiny")
+    pick = lambda *names: [v for v in CHAPTER_VARIANTS if v.name in names]
+    said = []
+    run = lambda variants, seeds, work: ensure_runs(ds, variants, seeds, tmp_path / "records", tmp_path / work,
+                                                    SMOKE_TOWERS, replace(SMOKE_TRAINING, epochs=1), SMOKE_CONFIG, "cpu",
+                                                    say=said.append)
+    run(pick("twotower-own-bert"), [0, 1], "work")
+    assert sum(line.startswith("pretraining") for line in said) == 1
+    run(pick("bert4rec"), [0], "work")
+    said.clear()
+    table = run(pick("twotower-minilm-bert4rec-ids"), [0], "fresh-work")  # the bert4rec record is current, its model is not here
+    assert [line.split(" -> ")[0] for line in said if line.startswith("training")] == \
+        ["training bert4rec seed 0", "training twotower-minilm-bert4rec-ids seed 0"]
+    assert table["current"].all() and len(table) == 4
 
 
 def test_committed_run_records_are_current():
     "The book's tables are built from results/: a record made by other library code or other data is stale."
     from recbook.training import read_run_record, record_is_current
 
-    root = Path(__file__).resolve().parent.parent / "results"
-    records = sorted(root.glob("*/*.json"))
-    assert records, "results/ holds the book's run records"
-    datasets = {}
+    from recbook.training import CHAPTER_VARIANTS, FULL_TEXT_BERT, FULL_TOWERS, FULL_TRAINING, _requested
+
+    folder = Path(__file__).resolve().parent.parent / "results" / "beauty"
+    records = sorted(folder.glob("*.json"))
+    assert records, "results/beauty holds the book's run records"
+    ds, variants = load_dataset("beauty"), {v.name: v for v in CHAPTER_VARIANTS}
     for path in records:
         record = read_run_record(path)
-        name = record["dataset"]["name"]
-        ds = datasets.setdefault(name, load_dataset(name))
-        assert record_is_current(record, ds), f"{path.relative_to(root.parent)} is stale: rerun `recbook runs` for it"
+        variant = variants[record["variant"]]
+        assert path.name == f"{variant.name}-seed{record['seed']}.json"
+        chapter_request = _requested(variant, FULL_TOWERS, replace(FULL_TRAINING, seed=record["seed"]), FULL_TEXT_BERT)
+        assert record_is_current(record, ds, chapter_request), f"{path.name} is stale: rerun `recbook runs` for it"
 
 
 def test_tune_then_train_with_its_configuration(tmp_path):
@@ -249,6 +291,7 @@ def test_tune_then_train_with_its_configuration(tmp_path):
     assert result.returncode == 0, result.stderr
     found = json.loads(best.read_text())
     assert len(found["trials"]) == 3 and 0 < found["valid NDCG@10"] <= 1 and found["training"]["epochs"] == 2
+    assert found["training"]["seed"] == 0, "the seed of the search travels with its configuration"
     assert {"learning_rate", "batch_size", "weight_decay"} <= set(found["training"]) and "dropout" in found["towers"]
     result = _recbook("train", "--model", "sasrec", "--dataset", "beauty-tiny", "--smoke", "--config", str(best),
                       "--out", str(tmp_path / "m"))
@@ -285,3 +328,12 @@ def test_evaluate_refuses_a_model_trained_on_other_data(tmp_path):
     (out / "run.json").unlink()  # a model without a record (older versions): the item count still has to match
     result = _recbook("evaluate", "--model", str(out), "--dataset", "beauty")
     assert result.returncode == 2 and "scores 560 items" in result.stderr
+
+
+def test_train_refuses_to_resume_another_runs_checkpoint(tmp_path):
+    out = tmp_path / "m"
+    assert _recbook("train", "--model", "sasrec", "--dataset", "beauty-tiny", "--out", str(out), "--smoke").returncode == 0
+    again = _recbook("train", "--model", "sasrec", "--dataset", "beauty-tiny", "--out", str(out), "--smoke")
+    assert again.returncode == 0, "the same run: resumes (here: is already finished)"
+    other = _recbook("train", "--model", "sasrec", "--dataset", "beauty-tiny", "--out", str(out), "--smoke", "--seed", "1")
+    assert other.returncode == 2 and "checkpoint of another run" in other.stderr and str(out) in other.stderr
