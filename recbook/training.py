@@ -5,6 +5,7 @@
 # %% ../nbs/04_training.ipynb #6f95c3a8
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -29,11 +30,11 @@ from .towers import (SASRecRecommender, TowerConfig, TwoTower, TwoTowerRecommend
 __all__ = ['FULL_TOWERS', 'SMOKE_TOWERS', 'FULL_TRAINING', 'SMOKE_TRAINING', 'QUICKSTART_TRAINING', 'MODEL_KINDS', 'RUN_RECORD',
            'RECORD_MODULES', 'RECORD_OBJECTS', 'CHAPTER_VARIANTS', 'TUNE_REPORT', 'TrainConfig', 'epoch_batches',
            'next_item_batch', 'warmup_cosine', 'save_checkpoint', 'Interrupted', 'fit', 'build_network',
-           'heldout_metrics', 'Bert4RecRecommender', 'init_from_bert4rec', 'train_model', 'fine_tune',
-           'cold_start_metrics', 'summarise_runs', 'itemknn_on_validation', 'library_code_hash', 'dataset_fingerprint',
-           'describe_device', 'run_provenance', 'run_record', 'write_run_record', 'read_run_record',
-           'record_is_current', 'paired_comparison', 'Variant', 'ensure_runs', 'load_run_records', 'load_train_config',
-           'suggest_settings', 'tune']
+           'Bert4RecRecommender', 'init_from_bert4rec', 'train_model', 'fine_tune', 'cold_start_metrics',
+           'summarise_runs', 'itemknn_on_validation', 'library_code_hash', 'dataset_fingerprint', 'describe_device',
+           'run_provenance', 'run_record', 'write_run_record', 'read_run_record', 'record_is_current',
+           'paired_comparison', 'Variant', 'ensure_runs', 'load_run_records', 'load_train_config', 'suggest_settings',
+           'tune']
 
 # %% ../nbs/04_training.ipynb #fb75c7b5
 @dataclass
@@ -276,11 +277,6 @@ def build_network(kind: str, ds: Dataset, towers: TowerConfig, device=None, seed
     return TwoTower(ds.n_items, towers, text)
 
 
-def heldout_metrics(recommender, split: Split, device=None) -> dict:
-    "Full-ranking test metrics at K = 10 and 20 (history excluded)."
-    return {f"test {k}": v for k, v in evaluate_full(recommender, split, "test", ks=(10, 20), device=device).items()
-            if k != "users"}
-
 # %% ../nbs/04_training.ipynb #b35536e1
 @register_recommender
 class Bert4RecRecommender:
@@ -441,8 +437,6 @@ def itemknn_on_validation(split: Split, n_items: int, part: str = "test", decays
     return fit_baseline("itemknn", split, part, n_items, recency_decay=max(scores, key=scores.get)), scores
 
 # %% ../nbs/04_training.ipynb #c566d70b
-import functools
-
 RUN_RECORD = "run.json"
 RECORD_MODULES = ("data", "evaluation", "pretraining", "towers")  # executed by a training run: hashed whole
 # ... and this chapter's part of it (its records, tables and tuning code are not hashed: they do not change a run)

@@ -94,3 +94,12 @@ def test_readme_quotes_the_quickstart_record():
     for quoted in (f"{minutes} min {seconds} s", f"{ours['HR@10']:.4f}", f"{ours['NDCG@10']:.4f}", f"{knn['HR@10']:.4f}",
                    f"{knn['NDCG@10']:.4f}", f"{pop['HR@10']:.4f}", f"{pop['NDCG@10']:.4f}", record["git_commit"]):
         assert quoted in readme, f"README.md does not quote {quoted!r} from results/quickstart-cpu.json"
+    # and the chapter's three-seed figure that the same paragraph quotes, from the committed run records
+    import statistics
+
+    runs = [json.loads(p.read_text())["metrics"] for p in sorted((root / "results" / "beauty").glob("twotower-minilm-seed*.json"))]
+    assert len(runs) == 3
+    for metric in ("NDCG@10", "HR@10"):
+        values = [run[f"test {metric}"] for run in runs]
+        quoted = f"{metric} {statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+        assert quoted in readme, f"README.md does not quote the records' {quoted!r}"
