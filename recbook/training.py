@@ -28,13 +28,13 @@ from .towers import (SASRecRecommender, TowerConfig, TwoTower, TwoTowerRecommend
 
 # %% auto #0
 __all__ = ['FULL_TOWERS', 'SMOKE_TOWERS', 'FULL_TRAINING', 'SMOKE_TRAINING', 'QUICKSTART_TRAINING', 'MODEL_KINDS', 'RUN_RECORD',
-           'RECORD_MODULES', 'RECORD_OBJECTS', 'CHAPTER_VARIANTS', 'TUNE_REPORT', 'TrainConfig', 'epoch_batches',
+           'RECORD_MODULES', 'RECORD_ROOTS', 'CHAPTER_VARIANTS', 'TUNE_REPORT', 'TrainConfig', 'epoch_batches',
            'next_item_batch', 'warmup_cosine', 'save_checkpoint', 'Interrupted', 'fit', 'build_network',
            'Bert4RecRecommender', 'init_from_bert4rec', 'train_model', 'fine_tune', 'cold_start_metrics',
-           'summarise_runs', 'itemknn_on_validation', 'library_code_hash', 'dataset_fingerprint', 'describe_device',
-           'run_provenance', 'run_record', 'write_run_record', 'read_run_record', 'record_is_current',
-           'paired_comparison', 'Variant', 'ensure_runs', 'load_run_records', 'load_train_config', 'suggest_settings',
-           'tune']
+           'summarise_runs', 'itemknn_on_validation', 'code_hash', 'library_code_hash', 'dataset_fingerprint',
+           'describe_device', 'run_provenance', 'run_record', 'write_run_record', 'read_run_record',
+           'record_is_current', 'paired_comparison', 'Variant', 'ensure_runs', 'load_run_records', 'load_train_config',
+           'suggest_settings', 'tune']
 
 # %% ../nbs/04_training.ipynb #fb75c7b5
 @dataclass
@@ -438,45 +438,76 @@ def itemknn_on_validation(split: Split, n_items: int, part: str = "test", decays
 
 # %% ../nbs/04_training.ipynb #c566d70b
 RUN_RECORD = "run.json"
-RECORD_MODULES = ("data", "evaluation", "pretraining", "towers")  # executed by a training run: hashed whole
-# ... and this chapter's part of it (its records, tables and tuning code are not hashed: they do not change a run)
-RECORD_OBJECTS = ("TrainConfig", "epoch_batches", "next_item_batch", "warmup_cosine", "_distributed", "_rng_state",
-                  "_set_rng_state", "save_checkpoint", "fit", "build_network", "Bert4RecRecommender",
-                  "init_from_bert4rec", "train_model", "cold_start_metrics")
+RECORD_MODULES = ("data", "evaluation", "pretraining", "towers", "training")  # where a training run's code lives
+RECORD_ROOTS = ("load_dataset", "run_text_pretraining", "train_model")  # what a run calls; hashed with all they use
 
 
-def _top_level_sources(path: Path, names) -> dict[str, str]:
-    "The source text (decorators included) of the named top-level functions and classes of a Python file."
+def _top_level_definitions(path: Path) -> tuple[dict[str, bytes], dict[str, set[str]]]:
+    """Each top-level function, class and assignment of a Python file: its source without docstrings (decorators
+    included), and the names it mentions. Docstrings are left out because rewording one changes no result."""
     import ast
 
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines(keepends=True)
-    found = {}
-    for node in ast.parse(text).body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name in names:
-            start = min([node.lineno] + [d.lineno for d in node.decorator_list])
-            found[node.name] = "".join(lines[start - 1:node.end_lineno])
-    return found
+    source = path.read_bytes()
+    line_starts = [0]
+    for line in source.splitlines(keepends=True): line_starts.append(line_starts[-1] + len(line))
+    at = lambda line, column: line_starts[line - 1] + column  # ast columns count UTF-8 bytes, as `source` does
+    texts, mentions = {}, {}
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)): names = [node.name]
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names = [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+        else: continue
+        first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+        docstrings = sorted((at(b.lineno, b.col_offset), at(b.end_lineno, b.end_col_offset))
+                            for d in ast.walk(node) if isinstance(d, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                            for b in d.body[:1] if isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)
+                            and isinstance(b.value.value, str))
+        start, end, kept = at(first, 0), at(node.end_lineno, node.end_col_offset), []
+        for doc_start, doc_end in docstrings:
+            kept.append(source[start:doc_start])
+            start = doc_end
+        kept.append(source[start:end])
+        used = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+        used |= {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}  # `module.name` and methods alike
+        used |= {a.asname or a.name for n in ast.walk(node) if isinstance(n, ast.ImportFrom) for a in n.names}
+        for name in names:
+            texts[name], mentions[name] = b"".join(kept), used
+    return texts, mentions
+
+
+def code_hash(folder) -> tuple[str, list[str]]:
+    """SHA-256 of the code a training run executes, read from the library files in `folder`, and the names it covers.
+
+    It covers `RECORD_ROOTS` and every top-level definition of `RECORD_MODULES` that they mention, directly or
+    through others, without docstrings; a name defined in several modules counts in each. Code a run never reaches
+    (saving a dataset, plotting, tables, the service) can change without making any run record stale."""
+    folder = Path(folder)
+    defined = {module: _top_level_definitions(folder / f"{module}.py") for module in RECORD_MODULES}
+    missing = [name for name in RECORD_ROOTS if not any(name in texts for texts, _ in defined.values())]
+    if missing: raise EvaluationError(f"{folder}: no definition of {', '.join(missing)}")
+    covered, todo = set(), list(RECORD_ROOTS)
+    while todo:
+        name = todo.pop()
+        if name in covered: continue
+        covered.add(name)
+        for texts, mentions in defined.values():
+            if name in texts: todo.extend(mentions[name] - covered)
+    digest = hashlib.sha256()
+    for module, (texts, _) in defined.items():
+        for name in sorted(covered & texts.keys()):
+            digest.update(f"{module}.{name}\n".encode() + texts[name] + b"\0")
+    return digest.hexdigest(), sorted(n for n in covered if any(n in texts for texts, _ in defined.values()))
 
 
 @functools.cache
 def library_code_hash() -> str:
-    """SHA-256 of the library code that a training run executes: a record made by other code has another hash.
-    Read from the installed files (nothing is imported, so a notebook's own definitions stay as they are), once per
-    process: the first call, made before training starts, fixes it, so that editing a file during a long run cannot
-    give the run another code's hash."""
+    """`code_hash` of the installed library, computed once per process: the first call, made before training
+    starts, fixes it, so that editing a file during a long run cannot give the run another code's hash. Nothing is
+    imported to compute it, so a notebook's own definitions stay as they are."""
     import recbook
 
-    folder = Path(recbook.__file__).parent
-    digest = hashlib.sha256()
-    for name in RECORD_MODULES:
-        digest.update((folder / f"{name}.py").read_bytes())
-    sources = _top_level_sources(folder / "training.py", RECORD_OBJECTS)
-    missing = [name for name in RECORD_OBJECTS if name not in sources]
-    if missing: raise EvaluationError(f"{folder / 'training.py'} lacks {', '.join(missing)}")
-    for name in RECORD_OBJECTS:
-        digest.update(sources[name].encode())
-    return digest.hexdigest()
+    return code_hash(Path(recbook.__file__).parent)[0]
 
 
 def dataset_fingerprint(ds: Dataset) -> str:

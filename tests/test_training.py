@@ -219,6 +219,34 @@ def test_run_record_holds_what_a_paired_comparison_needs(tmp_path):
         read_run_record(tmp_path / "broken.json")
 
 
+def test_code_hash_covers_what_a_run_executes_and_nothing_else(tmp_path):
+    "Rewording a docstring or changing code no run reaches keeps the hash; changing a function a run calls moves it."
+    import shutil
+
+    import recbook
+    from recbook.training import RECORD_MODULES, code_hash, library_code_hash
+
+    library = Path(recbook.__file__).parent
+    for module in RECORD_MODULES: shutil.copy(library / f"{module}.py", tmp_path)
+    before, covered = code_hash(tmp_path)
+    assert before == library_code_hash()
+    assert {"train_model", "fit", "left_padded", "leave_one_out", "run_text_pretraining"} <= set(covered)
+    assert "write_dataset" not in covered and "ensure_runs" not in covered
+
+    def edited(module, old, new):
+        path = tmp_path / f"{module}.py"
+        text = path.read_text()
+        assert text.count(old) == 1, old
+        path.write_text(text.replace(old, new))
+        return code_hash(tmp_path)[0]
+
+    assert edited("pretraining", '"Right-align sequences', '"Right-align (reworded) sequences') == before
+    assert edited("data", '"Save `ds` in the recbook schema', '"Save `ds` in the schema') == before
+    assert edited("data", "    written = []\n", "    written = [][:]\n") == before, "write_dataset: no run calls it"
+    assert edited("pretraining", "out = torch.zeros(len(sequences), length, dtype=torch.long)",
+                  "out = torch.zeros((len(sequences), length), dtype=torch.long)") != before
+
+
 def test_ensure_runs_trains_only_what_is_missing_or_stale(tmp_path):
     from recbook.training import CHAPTER_VARIANTS, SMOKE_TOWERS, SMOKE_TRAINING, ensure_runs, write_run_record
     from recbook.pretraining import SMOKE_CONFIG
