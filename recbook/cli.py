@@ -198,22 +198,6 @@ def tune(args) -> None:
     print(f"wrote {args.out}; train it with: recbook train --model {args.model} --dataset {args.dataset} --config {args.out}")
 
 
-def _check_trained_on(model_dir, model, ds) -> None:
-    "Refuse to score a model on data other than its own: its run record's dataset fingerprint, else its item count."
-    from recbook.training import RUN_RECORD, dataset_fingerprint, read_run_record
-
-    record_file = Path(model_dir) / RUN_RECORD
-    if record_file.is_file():
-        trained = read_run_record(record_file)["dataset"]
-        if trained["fingerprint"] != dataset_fingerprint(ds):
-            raise ValueError(f"{model_dir} was trained on dataset {trained['name']!r} ({trained['users']:,} users, "
-                             f"{trained['items']:,} items, fingerprint {trained['fingerprint'][:12]}); --dataset "
-                             f"{ds.name!r} is other data ({len(ds.sequences):,} users, {ds.n_items:,} items, fingerprint "
-                             f"{dataset_fingerprint(ds)[:12]})")
-    elif model.n_items != ds.n_items:
-        raise ValueError(f"{model_dir} scores {model.n_items:,} items; --dataset {ds.name!r} has {ds.n_items:,}")
-
-
 def evaluate(args) -> None:
     from recbook.data import leave_one_out, load_dataset
     from recbook.evaluation import evaluate_recommender, fit_baseline, load_recommender
@@ -223,8 +207,10 @@ def evaluate(args) -> None:
     if args.model in ("pop", "itemknn"):
         model = fit_baseline(args.model, split, args.split, ds.n_items)
     else:
+        from recbook.training import check_trained_on
+
         model = load_recommender(args.model)
-        _check_trained_on(args.model, model, ds)
+        check_trained_on(args.model, model, ds)
     report = {"model": args.model, "dataset": ds.name,
               **evaluate_recommender(model, ds, split, args.split, k=args.k, seed=args.seed)}
     if args.json:
@@ -241,13 +227,13 @@ def serve(args) -> None:
     config = ServeConfig(index=args.index, max_batch=args.max_batch, cache_size=args.cache_size,
                          fast_path=not args.no_fast_path)
     run_server(args.model, host=args.host, port=args.port, feedback=args.feedback, config=config,
-               exit_after=args.exit_after, threads=args.threads)
+               exit_after=args.exit_after, threads=args.threads, workers=args.workers)
 
 
 def finetune(args) -> None:
     from recbook.serving import finetune_from_feedback
 
-    feedback = args.feedback or Path(args.model) / "feedback.jsonl"
+    feedback = args.feedback or Path(args.model) / "feedback.sqlite"
     result = finetune_from_feedback(args.model, feedback, args.out, epochs=args.epochs, seed=args.seed)
     print(f"fine-tuned {args.model} on {result['sequences']} feedback sequences ({result['events']} events in "
           f"{feedback}); wrote {result['model']}")
@@ -334,20 +320,23 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--model", required=True, help="a `recbook train` model directory (twotower or sasrec)")
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     srv.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
-    srv.add_argument("--feedback", help="feedback log, JSON lines (default: MODEL/feedback.jsonl)")
+    srv.add_argument("--feedback", help="feedback store, SQLite, shared by every server process (default: "
+                     "MODEL/feedback.sqlite); a JSON-lines log X.jsonl of an earlier version is imported into X.sqlite")
     srv.add_argument("--index", choices=["auto", "exact", "ivf", "hnsw"], default="auto",
                      help="item index (default auto: exact search up to 200,000 items, IVF above)")
     srv.add_argument("--max-batch", type=_positive, default=64, help="requests computed together (1 = no batching)")
     srv.add_argument("--cache-size", type=int, default=4096, help="answers cached for repeated requests (0 = none)")
     srv.add_argument("--no-fast-path", action="store_true",
                      help="answer /recommend through FastAPI's routing too (slower; for comparison)")
-    srv.add_argument("--threads", type=_positive, default=1, help="torch and FAISS threads (default 1)")
+    srv.add_argument("--threads", type=_positive, default=1, help="torch and FAISS threads per process (default 1)")
+    srv.add_argument("--workers", type=_positive, default=1,
+                     help="server processes on one port, each with the model, sharing the feedback store (default 1)")
     srv.add_argument("--exit-after", type=float, help="stop by itself after this many seconds (demos and tests)")
     srv.set_defaults(func=serve)
 
     ft = commands.add_parser("finetune", help="continue training a model on the feedback its server logged")
     ft.add_argument("--model", required=True, help="the model directory that was served")
-    ft.add_argument("--feedback", help="feedback log (default: MODEL/feedback.jsonl)")
+    ft.add_argument("--feedback", help="feedback store or an old JSON-lines log (default: MODEL/feedback.sqlite)")
     ft.add_argument("--out", required=True, help="new model directory to write")
     ft.add_argument("--epochs", type=_positive, default=1, help="epochs over training data + feedback (default 1)")
     ft.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

@@ -466,10 +466,12 @@ def make_tiny(ds: Dataset, share_percent: int = TINY_SHARE_PERCENT, k: int = 5, 
 
 
 def load_dataset(name_or_path="beauty", k: int = 5) -> Dataset:
-    "Load 'beauty', 'beauty-tiny', or any dataset directory/file that `read_raw` understands."
+    """Load 'beauty', 'beauty-tiny', or any dataset directory/file that `read_raw` understands. A dataset read from a
+    path is named by its absolute location: a model trained on it records that name, and finds its data again from
+    any working directory."""
     if str(name_or_path) == "beauty": return build_dataset(read_raw(beauty_dir()), k=k, name="beauty")
     if str(name_or_path) == "beauty-tiny": return make_tiny(load_dataset("beauty", k=k), k=k, name="beauty-tiny")
-    return build_dataset(read_raw(name_or_path), k=k)
+    return build_dataset(read_raw(name_or_path), k=k, name=str(Path(name_or_path).resolve()))
 
 # %% ../nbs/01_data.ipynb #561953f5
 def write_dataset(ds: Dataset, out_dir) -> list[Path]:

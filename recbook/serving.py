@@ -13,7 +13,9 @@ import gc
 import json
 import math
 import os
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -23,7 +25,7 @@ import urllib.error
 import urllib.request
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Sequence, Union
 
@@ -39,13 +41,15 @@ from .evaluation import MostPopular, load_recommender
 
 # %% auto #0
 __all__ = ['INDEX_KINDS', 'SWEEPS', 'MAX_K', 'MAX_HISTORY', 'MAX_QUERY_CHARS', 'MAX_BODY_BYTES', 'EXPLAIN_METHODS',
-           'EXPLANATIONS', 'ItemRef', 'ServingError', 'faiss_threads', 'ItemIndex', 'top_items', 'recall_at_k',
-           'query_latencies', 'compare_indexes', 'fastest_at_recall', 'plot_recall_latency', 'synthetic_catalogue',
-           'scale_check', 'quantize_user_tower', 'Catalogue', 'FeedbackLog', 'feedback_sequences',
-           'finetune_from_feedback', 'ServeConfig', 'RecQuery', 'similarity_contributions', 'occluded_histories',
-           'top_contributors', 'RecommendationService', 'MicroBatcher', 'AnswerCache', 'BodySizeLimit',
-           'RecommendRequest', 'SearchRequest', 'FeedbackRequest', 'validation_message', 'RecommendFastPath',
-           'make_app', 'run_server', 'free_port', 'call', 'BackgroundServer', 'load_test', 'plot_latency_histogram']
+           'EXPLANATIONS', 'ItemRef', 'WORKER_SETTINGS', 'ServingError', 'faiss_threads', 'ItemIndex', 'top_items',
+           'recall_at_k', 'query_latencies', 'compare_indexes', 'fastest_at_recall', 'plot_recall_latency',
+           'synthetic_catalogue', 'scale_check', 'quantize_user_tower', 'Catalogue', 'read_jsonl_events',
+           'FeedbackStore', 'feedback_sequences', 'finetune_from_feedback', 'ServeConfig', 'RecQuery',
+           'similarity_contributions', 'occluded_histories', 'top_contributors', 'RecommendationService',
+           'MicroBatcher', 'AnswerCache', 'BodySizeLimit', 'RecommendRequest', 'SearchRequest', 'FeedbackRequest',
+           'ErrorAnswer', 'ItemReason', 'ItemAnswer', 'RecommendAnswer', 'SearchAnswer', 'ItemDetail', 'FeedbackAnswer',
+           'out_of_range_integer', 'validation_message', 'RecommendFastPath', 'make_app', 'worker_app', 'run_server',
+           'free_port', 'call', 'BackgroundServer', 'load_test', 'plot_latency_histogram']
 
 # %% ../nbs/06_serving.ipynb #d6e30330
 class ServingError(ValueError):
@@ -248,6 +252,11 @@ def quantize_user_tower(recommender):
     return quantized
 
 # %% ../nbs/06_serving.ipynb #a5bc6cd7
+def _short(text: str, limit: int = 60) -> str:
+    "Text for an error message: at most `limit` characters (a 4,000-digit id is named, not printed)."
+    return text if len(text) <= limit else f"{text[:limit - 20]}...({len(text):,} characters)"
+
+
 def _leaf(path) -> str | None:
     return path.split("|")[-1] if isinstance(path, str) and path else None
 
@@ -289,7 +298,7 @@ class Catalogue:
             elif isinstance(v, str) and v in self.by_key: ids.append(self.by_key[v])
             else: unknown.append(v)
         if unknown:
-            shown = ", ".join(map(repr, unknown[:10])) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+            shown = ", ".join(_short(repr(v)) for v in unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
             raise ServingError(f"{field}: unknown item {'id' if len(unknown) == 1 else 'ids'} {shown}: an item is a model "
                                f"id 1..{self.n_items} or an ASIN such as {self.example_key()!r}", field)
         return np.array(ids, dtype=np.int64)
@@ -297,62 +306,100 @@ class Catalogue:
     def record(self, item: int) -> dict: return dict(self.records[item])
 
 # %% ../nbs/06_serving.ipynb #8e908a90
-def _fsync_directory(path: Path) -> None:
-    with contextlib.suppress(OSError):  # makes a new file's name durable; not every filesystem allows it
-        fd = os.open(path, os.O_RDONLY)
-        try: os.fsync(fd)
-        finally: os.close(fd)
+def read_jsonl_events(path) -> list[dict]:
+    """Every complete event of a JSON-lines feedback log (the format before the SQLite store); a last line torn by a
+    crash mid-write was never acknowledged and is skipped. Other bad lines are errors naming the file and line."""
+    data = Path(path).read_bytes()
+    events = []
+    for number, line in enumerate(data[:data.rfind(b"\n") + 1].splitlines(), start=1):
+        try: event = json.loads(line)
+        except ValueError as error: raise ServingError(f"{path}, line {number}: not JSON ({error})", "feedback") from None
+        if not isinstance(event, dict) or "user" not in event or "item" not in event:
+            raise ServingError(f"{path}, line {number}: not a feedback event (an object with 'user' and 'item')", "feedback")
+        events.append(event)
+    return events
 
 
-class FeedbackLog:
-    """Feedback events, one JSON object per line, appended and fsync'd before the call returns: an acknowledged event
-    survives a crash. A last line torn by a crash mid-write (never acknowledged) is cut off when the log is reopened,
-    by rewriting the file atomically."""
+class FeedbackStore:
+    """Feedback events in an SQLite database: one transaction per event, committed to disk (WAL journal,
+    `synchronous=FULL`) before `append` returns, so an acknowledged event survives a crash or a power cut. Any number of
+    server processes may share one file: SQLite's lock serialises their writes and its AUTOINCREMENT key gives event
+    numbers that are unique across them and never reused. Readers (`recbook finetune`) do not block writers.
 
-    def __init__(self, path):
+    A JSON-lines log from before the store (`legacy`) is imported once, in the transaction that records its import."""
+
+    SCHEMA = ("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, "
+              "user TEXT NOT NULL, event TEXT NOT NULL, item INTEGER NOT NULL, asin TEXT, history TEXT NOT NULL)",
+              "CREATE TABLE IF NOT EXISTS imports (source TEXT PRIMARY KEY, events INTEGER NOT NULL, time REAL NOT NULL)")
+    COLUMNS = ("time", "user", "event", "item", "asin", "history")
+
+    def __init__(self, path, legacy=None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        created = not self.path.exists()
-        self.count = len(self.read(self.path, repair=True))
-        self._file = open(self.path, "ab")
-        if created: _fsync_directory(self.path.parent)
+        # autocommit mode: each transaction is spelled out; the timeout waits for another process's write lock
+        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()  # one connection, shared by the server's threads
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        with self._transaction():
+            for statement in self.SCHEMA: self._db.execute(statement)
+        if legacy is not None and Path(legacy).is_file(): self._import(Path(legacy))
 
     @staticmethod
-    def read(path, repair: bool = False) -> list[dict]:
-        "Every complete event in the log at `path` ([] if there is none); `repair` also cuts a torn last line off the file."
+    def at(path) -> "FeedbackStore":
+        "The store for `path`: an SQLite file, or, for a JSON-lines log `x.jsonl`, the store `x.sqlite` importing it."
         path = Path(path)
-        if not path.exists(): return []
-        data = path.read_bytes()
-        complete = data[:data.rfind(b"\n") + 1]
-        if repair and len(complete) != len(data):
-            with atomic_write(path, "wb") as f: f.write(complete)
-        events = []
-        for number, line in enumerate(complete.splitlines(), start=1):
-            try: event = json.loads(line)
-            except ValueError as error: raise ServingError(f"{path}, line {number}: not JSON ({error})", "feedback") from None
-            if not isinstance(event, dict): raise ServingError(f"{path}, line {number}: not a JSON object", "feedback")
-            events.append(event)
-        return events
+        if path.suffix == ".jsonl": return FeedbackStore(path.with_suffix(".sqlite"), legacy=path)
+        return FeedbackStore(path, legacy=path.with_suffix(".jsonl"))
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        "BEGIN IMMEDIATE (the write lock at once: no deadlock between two writers) ... COMMIT, or ROLLBACK on any error."
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try: yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _insert(self, event: dict) -> int:
+        row = [event.get("time", time.time()), str(event["user"]), event.get("event", "click"), int(event["item"]),
+               event.get("asin"), json.dumps(list(event.get("history") or []))]
+        return self._db.execute("INSERT INTO events (time, user, event, item, asin, history) VALUES (?, ?, ?, ?, ?, ?)",
+                                row).lastrowid
+
+    def _import(self, legacy: Path) -> None:
+        source = str(legacy.resolve())
+        with self._transaction():
+            if self._db.execute("SELECT 1 FROM imports WHERE source = ?", (source,)).fetchone(): return
+            events = read_jsonl_events(legacy)
+            for event in events: self._insert(event)
+            self._db.execute("INSERT INTO imports VALUES (?, ?, ?)", (source, len(events), time.time()))
 
     def append(self, event: dict) -> int:
-        "Write one event durably; returns its number (1, 2, ...) in the log."
-        line = (json.dumps(event, separators=(",", ":"), allow_nan=False) + "\n").encode()
-        with self._lock:
-            end = self._file.tell()
-            try:
-                self._file.write(line)
-                self._file.flush()
-                os.fsync(self._file.fileno())
-            except BaseException:  # the caller hears of the failure: the event must not stay in the log half-stored
-                with contextlib.suppress(OSError):
-                    self._file.truncate(end)
-                    self._file.flush()
-                raise
-            self.count += 1
-            return self.count
+        "Store one event durably; returns its number, unique across every process that writes to this store."
+        with self._transaction(): return self._insert(event)
 
-    def close(self) -> None: self._file.close()
+    @property
+    def count(self) -> int:
+        with self._lock: return self._db.execute("SELECT count(*) FROM events").fetchone()[0]
+
+    @staticmethod
+    def read(path) -> list[dict]:
+        "Every stored event, oldest first, each with its number as 'id' (a `.jsonl` path: that old log, as it is)."
+        path = Path(path)
+        if not path.is_file(): raise ServingError(f"{path}: no such feedback store", "feedback")
+        if path.suffix == ".jsonl": return read_jsonl_events(path)
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)) as db:
+                rows = db.execute("SELECT id, time, user, event, item, asin, history FROM events ORDER BY id").fetchall()
+        except sqlite3.DatabaseError as error:
+            raise ServingError(f"{path}: not a feedback store ({error})", "feedback") from None
+        return [{"id": r[0], **dict(zip(FeedbackStore.COLUMNS, r[1:-1])), "history": json.loads(r[-1])} for r in rows]
+
+    def close(self) -> None:
+        with self._lock: self._db.close()
 
 
 def feedback_sequences(events: Sequence[dict], min_length: int = 2) -> list[np.ndarray]:
@@ -370,7 +417,7 @@ def finetune_from_feedback(model_dir, feedback, out_dir, epochs: int = 1, seed: 
     "What `recbook finetune` runs: continue training `model_dir` on its data plus the logged feedback; write `out_dir`."
     from recbook.training import fine_tune
 
-    events = FeedbackLog.read(feedback)
+    events = FeedbackStore.read(feedback)
     sequences = feedback_sequences(events)
     if not sequences:
         raise ServingError(f"{feedback}: no user in the feedback log has two or more items to learn from "
@@ -458,17 +505,21 @@ class RecommendationService:
         self.counts = dataset.item_counts()
         popular = MostPopular().fit(dataset.sequences, dataset.n_items).scores
         self.popular = np.argsort(-popular[1:], kind="stable")[:MAX_K] + 1
-        self.feedback = FeedbackLog(feedback) if feedback is not None else None
+        self.feedback = FeedbackStore.at(feedback) if feedback is not None else None
         if getattr(model, "has_text", False): model.query_vectors(["warm-up"])  # load the text encoder now, not in a request
 
     @classmethod
     def from_dir(cls, model_dir, feedback=None, config: ServeConfig | None = None) -> "RecommendationService":
-        "Load a `recbook train` model directory and its dataset; the feedback log defaults to DIR/feedback.jsonl."
+        "Load a `recbook train` model directory and its dataset; the feedback store defaults to DIR/feedback.sqlite."
         model = load_recommender(model_dir)
         if not hasattr(model, "user_vectors"):
             raise ServingError(f"{model_dir}: a {model.kind} model cannot be served: it has no user and item vectors")
-        feedback = Path(model_dir) / "feedback.jsonl" if feedback is None else feedback
-        return cls(model, load_dataset(model.dataset), feedback, config, model_dir)
+        feedback = Path(model_dir) / "feedback.sqlite" if feedback is None else feedback
+        from recbook.training import check_trained_on
+
+        dataset = load_dataset(model.dataset)
+        check_trained_on(model_dir, model, dataset)  # the data may have changed since: refuse, naming both
+        return cls(model, dataset, feedback, config, model_dir)
 
     def _items(self, ids, scores) -> list[dict]:
         return [{**self.catalogue.record(int(i)), "score": round(float(s), 4)} for i, s in zip(ids, scores)]
@@ -533,7 +584,9 @@ class RecommendationService:
     def item(self, ref) -> dict:
         "One item's record and its number of interactions; `ref` is a model id (digits) or an ASIN."
         # an ASIN may be all digits (ISBN-style): it wins over reading the digits as a model id
-        value = int(ref) if isinstance(ref, str) and ref.isdigit() and ref not in self.catalogue.by_key else ref
+        # '²'.isdigit() is true and int() refuses it; int() also refuses over 4,300 digits: neither is a model id
+        model_id = isinstance(ref, str) and ref.isascii() and ref.isdigit() and len(ref) <= 18
+        value = int(ref) if model_id and ref not in self.catalogue.by_key else ref
         try: (item,) = self.catalogue.resolve([value], "item")
         except ServingError as error: raise ServingError(str(error), "item", status=404) from None
         return {**self.catalogue.record(int(item)), "interactions": int(self.counts[item])}
@@ -559,37 +612,47 @@ class MicroBatcher:
         self.pending: list = []
         self.busy = False
         self.batches = self.requests = 0
-        self._task = None
+        self._task, self._batch = None, []
 
     async def submit(self, request):
         "The answer to one request, computed with whatever else is waiting."
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        future = loop.create_future()  # a waiting client that goes away cancels it; the batch goes on without it
         self.pending.append((request, future))
         if not self.busy:
             self.busy = True
             self._task = loop.create_task(self._drain())  # starts after this turn of the loop: same-turn requests join
+            self._task.add_done_callback(self._drained)
         return await future
 
     async def _drain(self):
         loop = asyncio.get_running_loop()
         try:
             while self.pending:
-                batch, self.pending = self.pending[:self.max_batch], self.pending[self.max_batch:]
+                self._batch, self.pending = self.pending[:self.max_batch], self.pending[self.max_batch:]
                 try:
-                    requests = [r for r, _ in batch]
+                    requests = [r for r, _ in self._batch]
                     answers = (self.fn(requests) if self.executor is None
                                else await loop.run_in_executor(self.executor, self.fn, requests))
                 except Exception as error:  # noqa: BLE001 - every waiting request gets the error
-                    for _, future in batch:
+                    for _, future in self._batch:
                         if not future.done(): future.set_exception(error)
                     continue
-                self.batches, self.requests = self.batches + 1, self.requests + len(batch)
-                for (_, future), answer in zip(batch, answers):
+                self.batches, self.requests = self.batches + 1, self.requests + len(self._batch)
+                for (_, future), answer in zip(self._batch, answers):
                     if not future.done(): future.set_result(answer)
+                self._batch = []
                 await asyncio.sleep(0)  # let the requests that arrived meanwhile be read before the next batch
         finally:
             self.busy = False
+
+    def _drained(self, task: asyncio.Task) -> None:
+        "The drain ended. If the loop cancelled it (at shutdown, even before it started), fail its requests: never strand one."
+        if not task.cancelled() and task.exception() is None: return  # the queue ran empty: nobody is waiting
+        self.busy = False
+        stranded, self._batch, self.pending = self._batch + self.pending, [], []
+        for _, future in stranded:
+            if not future.done(): future.set_exception(ServingError("the server stopped before answering", status=503))
 
 
 class AnswerCache:
@@ -684,6 +747,65 @@ class FeedbackRequest(BaseModel):
     history: list[ItemRef] = Field([], max_length=MAX_HISTORY, description="what the user had before (optional)")
 
 
+class ErrorAnswer(BaseModel):
+    error: str = Field(description="what is wrong, naming the value")
+    field: str | None = Field(description="the request field at fault, e.g. 'history[3]' ('body' for the whole body)")
+
+
+class ItemReason(BaseModel):
+    id: int
+    asin: str
+    title: str | None
+    contribution: float = Field(description="this history item's share in the recommended item's score")
+
+
+class ItemAnswer(BaseModel):
+    id: int = Field(description="model id, 1..n_items")
+    asin: str
+    title: str | None
+    brand: str | None
+    category: str | None
+    price: float | None
+    score: float
+    because: list[ItemReason] | None = Field(None, description="the history items behind it (absent with explain='none')")
+
+
+class RecommendAnswer(BaseModel):
+    items: list[ItemAnswer]
+    cold_start: bool = Field(description="true for an empty history: the most bought items")
+    explanation: str
+
+
+class SearchAnswer(BaseModel):
+    query: str
+    items: list[ItemAnswer]
+
+
+class ItemDetail(BaseModel):
+    id: int
+    asin: str
+    title: str | None
+    brand: str | None
+    category: str | None
+    price: float | None
+    interactions: int = Field(description="interactions with the item in the dataset")
+
+
+class FeedbackAnswer(BaseModel):
+    stored: bool
+    event: int = Field(description="the event's number in the store, unique across server processes")
+
+
+def _answers(ok: type[BaseModel] | None, *errors: int, ok_status: int = 200) -> dict:
+    "OpenAPI `responses` of a route: its answer's schema and the error statuses it can give, each an `ErrorAnswer`."
+    described = {400: "malformed JSON, or a request this model cannot answer", 404: "no such item",
+                 413: "request body too large", 415: "body not sent as JSON", 422: "a field is invalid (named)",
+                 503: "no feedback store, or the server is stopping"}
+    out = {status: {"model": ErrorAnswer, "description": described[status]} for status in errors}
+    if ok is not None: out[ok_status] = {"model": ok, "description": "success"}
+    return out
+
+
 def _field(loc) -> str:
     "pydantic's error location ('body', 'history', 3) as 'history[3]'."
     out = ""
@@ -692,11 +814,34 @@ def _field(loc) -> str:
     return out or "body"
 
 
+class _Digits(str):
+    "An integer's digits that Python will not turn into an int (over `sys.get_int_max_str_digits()`)."
+
+
+def out_of_range_integer(body: bytes) -> tuple[str, int] | None:
+    """(field, digits) of the first integer in a JSON body too long to convert, e.g. ('history[1]', 5000); None if the
+    body holds none (or is not JSON). Python refuses such integers to bound the time a conversion may take."""
+    limit = sys.get_int_max_str_digits() or math.inf
+    try: value = json.loads(body, parse_int=lambda s: _Digits(s) if len(s.lstrip("-")) > limit else int(s))
+    except ValueError: return None
+
+    def find(node, field):
+        if isinstance(node, _Digits): return field or "body", len(node.lstrip("-"))
+        children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, child in children:
+            found = find(child, f"{field}[{key}]" if isinstance(key, int) else f"{field}.{key}" if field else key)
+            if found: return found
+        return None
+
+    return find(value, "")
+
+
 def validation_message(errors) -> tuple[int, str, str]:
     "(status, message, field) for FastAPI's validation errors: 400 for malformed JSON, else 422, naming each field."
     for e in errors:
         if e["type"] == "json_invalid":
-            return 400, f"malformed JSON at character {e['loc'][-1]}: {e.get('ctx', {}).get('error', e['msg'])}", "body"
+            where = f" at character {e['loc'][-1]}" if e.get("loc") else ""  # pydantic's own parser gives no location
+            return 400, f"malformed JSON{where}: {e.get('ctx', {}).get('error', e['msg'])}", "body"
     parts = []
     for e in errors:
         message = e["msg"].removeprefix("Value error, ")
@@ -766,7 +911,9 @@ def make_app(service: RecommendationService):
                   f"from a trained recbook model ({service.model.kind}, {service.dataset.n_items:,} items).")
     app.add_middleware(BodySizeLimit, limit=MAX_BODY_BYTES)
     recommender = MicroBatcher(service.recommend_json, service.config.max_batch)
-    searcher = MicroBatcher(service.search_batch, service.config.max_batch)
+    # the text encoder runs on its own thread: a burst of searches must not hold up /recommend on the event loop
+    searcher = MicroBatcher(service.search_batch, service.config.max_batch,
+                            ThreadPoolExecutor(1, thread_name_prefix="recbook-search"))
     cache = AnswerCache(service.config.cache_size)
     started = time.time()
     app.state.service, app.state.batcher, app.state.cache = service, recommender, cache
@@ -786,6 +933,11 @@ def make_app(service: RecommendationService):
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
+        if error.status_code == 400 and request.method == "POST":  # FastAPI's "error parsing the body": which field?
+            found = out_of_range_integer(await request.body())
+            if found is not None:
+                field, digits = found
+                return _json({"error": f"{field}: an integer of {digits:,} digits is out of range", "field": field}, 422)
         return _json({"error": str(error.detail), "field": "body" if error.status_code == 413 else None},
                      error.status_code)
 
@@ -801,27 +953,31 @@ def make_app(service: RecommendationService):
             cache.put(key, text)
         return text
 
+    body_errors = (400, 413, 415, 422, 503)  # what any route with a JSON body may answer besides its success
+
     @app.post("/recommend", summary="Top-k items for a history, with explanations",
-              responses={200: {"description": "items best first; cold_start is true for an empty history"}})
+              responses=_answers(RecommendAnswer, *body_errors))
     async def recommend(body: RecommendRequest):
         return _json(await answer(body))
 
-    @app.post("/search", summary="Items for a free-text query, through the text tower")
+    @app.post("/search", summary="Items for a free-text query, through the text tower",
+              responses=_answers(SearchAnswer, *body_errors))
     async def search(body: SearchRequest):
         return _json(await searcher.submit((body.query.strip(), body.k)))
 
-    @app.get("/items/{item}", summary="One item, by model id or ASIN")
+    @app.get("/items/{item}", summary="One item, by model id or ASIN", responses=_answers(ItemDetail, 404, 422))
     async def item(item: str):
         return _json(service.item(item))
 
-    @app.post("/feedback", status_code=201, summary="Log a click or purchase (durable before the answer)")
+    @app.post("/feedback", status_code=201, summary="Log a click or purchase (durable before the answer)",
+              responses=_answers(FeedbackAnswer, *body_errors, ok_status=201))
     def feedback(body: FeedbackRequest):  # a plain def: FastAPI runs it on a worker thread, so fsync blocks no one
         number = service.add_feedback(body.user, body.item, body.event, body.history)
         return _json({"stored": True, "event": number}, 201)
 
     @app.get("/healthz", summary="Liveness and what is being served")
     async def healthz():
-        return _json({"status": "ok", "model": service.model.kind, "model_dir": service.model_dir,
+        return _json({"status": "ok", "pid": os.getpid(), "model": service.model.kind, "model_dir": service.model_dir,
                       "dataset": service.dataset.name, "items": service.dataset.n_items, "text_search": bool(
                           getattr(service.model, "has_text", False)),
                       "index": service.index.kind, "feedback_log": None if service.feedback is None else str(service.feedback.path),
@@ -847,24 +1003,50 @@ def _check_port(host: str, port: int) -> None:
                                                     "port") from None
 
 
-def run_server(model_dir, host: str = "127.0.0.1", port: int = 8000, feedback=None, config: ServeConfig | None = None,
-               exit_after: float | None = None, threads: int = 1) -> None:
-    """What `recbook serve` runs: load the model directory, build the index, serve until stopped (Ctrl-C, SIGTERM, or
-    after `exit_after` seconds). One thread for torch and FAISS: requests are batched, not split across cores."""
-    import uvicorn
+WORKER_SETTINGS = "RECBOOK_SERVE_WORKER"  # environment variable: what each `--workers` process serves
 
-    _check_port(host, port)
+
+def _service_for_process(model_dir, feedback, config: ServeConfig | None, threads: int) -> RecommendationService:
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
     service = RecommendationService.from_dir(model_dir, feedback, config)
     gc.collect()
     gc.freeze()  # the ~500,000 objects loaded so far live forever: a full collection over them would stall requests ~0.2 s
-    server = uvicorn.Server(uvicorn.Config(make_app(service), host=host, port=port, log_level="warning",
-                                           access_log=False, timeout_graceful_shutdown=5))
-    if exit_after:
-        timer = threading.Timer(exit_after, lambda: setattr(server, "should_exit", True))
+    return service
+
+
+def worker_app():
+    "The app of one `recbook serve --workers N` process: uvicorn calls it in each worker it starts."
+    settings = json.loads(os.environ[WORKER_SETTINGS])
+    return make_app(_service_for_process(settings["model_dir"], settings["feedback"], ServeConfig(**settings["config"]),
+                                         settings["threads"]))
+
+
+def run_server(model_dir, host: str = "127.0.0.1", port: int = 8000, feedback=None, config: ServeConfig | None = None,
+               exit_after: float | None = None, threads: int = 1, workers: int = 1) -> None:
+    """What `recbook serve` runs: load the model directory, build the index, serve until stopped (Ctrl-C, SIGTERM, or
+    after `exit_after` seconds). One thread for torch and FAISS: requests are batched, not split across cores.
+    With `workers` > 1, uvicorn runs that many processes on one port, each with its own model and the shared store."""
+    import uvicorn
+
+    _check_port(host, port)
+    if exit_after:  # SIGTERM to ourselves: the same clean shutdown as an operator's, with one process or several
+        timer = threading.Timer(exit_after, lambda: os.kill(os.getpid(), signal.SIGTERM))
         timer.daemon = True
         timer.start()
+    if workers > 1:
+        RecommendationService.from_dir(model_dir, feedback, config).feedback.close()  # bad input fails here, once
+        os.environ[WORKER_SETTINGS] = json.dumps({"model_dir": str(model_dir), "feedback": None if feedback is None else
+                                                  str(feedback), "config": asdict(config or ServeConfig()),
+                                                  "threads": threads})
+        print(f"recbook serve: {model_dir} in {workers} processes on http://{host}:{port}  (API docs: "
+              f"http://{host}:{port}/docs)", flush=True)
+        uvicorn.run("recbook.serving:worker_app", factory=True, host=host, port=port, workers=workers,
+                    log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+        return
+    service = _service_for_process(model_dir, feedback, config, threads)
+    server = uvicorn.Server(uvicorn.Config(make_app(service), host=host, port=port, log_level="warning",
+                                           access_log=False, timeout_graceful_shutdown=5))
     print(f"recbook serve: {model_dir} ({service.model.kind}, {service.dataset.n_items:,} items, {service.index.kind} "
           f"index) on http://{host}:{port}  (API docs: http://{host}:{port}/docs)", flush=True)
     try: server.run()
@@ -913,7 +1095,8 @@ class BackgroundServer:
                    "--port", str(self.port), "--exit-after", str(self.exit_after), *self.args]
         if self.feedback is not None: command += ["--feedback", str(self.feedback)]
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            start_new_session=True)  # a process group: `stop` reaches its workers too
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -925,12 +1108,13 @@ class BackgroundServer:
         raise ServingError(f"the server did not answer /healthz within {timeout} s:\n{self.log.read_text()[-3000:]}")
 
     def stop(self, kill: bool = False) -> None:
-        "SIGTERM (a clean shutdown) or, with `kill`, SIGKILL (a crash); waits for the process to end."
-        if self.process is None or self.process.poll() is not None: return
-        (self.process.kill if kill else self.process.terminate)()
+        "SIGTERM (a clean shutdown) or, with `kill`, SIGKILL (a crash) to the server and its workers; waits for the end."
+        if self.process is None: return
+        with contextlib.suppress(ProcessLookupError):  # the group is gone when every process in it has ended
+            os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
         try: self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            with contextlib.suppress(ProcessLookupError): os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
     def __enter__(self): return self.start()

@@ -30,11 +30,11 @@ from .towers import (SASRecRecommender, TowerConfig, TwoTower, TwoTowerRecommend
 __all__ = ['FULL_TOWERS', 'SMOKE_TOWERS', 'FULL_TRAINING', 'SMOKE_TRAINING', 'QUICKSTART_TRAINING', 'MODEL_KINDS', 'RUN_RECORD',
            'RECORD_MODULES', 'RECORD_ROOTS', 'CHAPTER_VARIANTS', 'TUNE_REPORT', 'TrainConfig', 'epoch_batches',
            'next_item_batch', 'warmup_cosine', 'save_checkpoint', 'Interrupted', 'fit', 'build_network',
-           'Bert4RecRecommender', 'init_from_bert4rec', 'train_model', 'fine_tune', 'cold_start_metrics',
-           'summarise_runs', 'itemknn_on_validation', 'code_hash', 'library_code_hash', 'dataset_fingerprint',
-           'describe_device', 'run_provenance', 'run_record', 'write_run_record', 'read_run_record',
-           'record_is_current', 'paired_comparison', 'Variant', 'ensure_runs', 'load_run_records', 'load_train_config',
-           'suggest_settings', 'tune']
+           'Bert4RecRecommender', 'init_from_bert4rec', 'train_model', 'fine_tune', 'check_trained_on',
+           'cold_start_metrics', 'summarise_runs', 'itemknn_on_validation', 'code_hash', 'library_code_hash',
+           'dataset_fingerprint', 'describe_device', 'run_provenance', 'run_record', 'write_run_record',
+           'read_run_record', 'record_is_current', 'paired_comparison', 'Variant', 'ensure_runs', 'load_run_records',
+           'load_train_config', 'suggest_settings', 'tune']
 
 # %% ../nbs/04_training.ipynb #fb75c7b5
 @dataclass
@@ -386,8 +386,7 @@ def fine_tune(model_dir, extra_sequences, out_dir, epochs: int = 1, seed: int = 
     bad = [i for i, s in enumerate(extra) if len(s) and (s.min() < 1 or s.max() > recommender.n_items)]
     if bad: raise EvaluationError(f"extra sequence {bad[0]} has item ids outside 1..{recommender.n_items}")
     ds = load_dataset(recommender.dataset)
-    if ds.n_items != recommender.n_items:
-        raise EvaluationError(f"{model_dir}: model has {recommender.n_items} items, dataset {ds.name} {ds.n_items}")
+    trained_on = check_trained_on(model_dir, recommender, ds)
     split = leave_one_out(ds)
     empty = [np.empty(0, dtype=np.int64)] * len(extra)
     grown = Split(split.train + extra, split.valid + empty, split.test + empty, split.kind)
@@ -396,7 +395,30 @@ def fine_tune(model_dir, extra_sequences, out_dir, epochs: int = 1, seed: int = 
     fit(network, grown, config, device=device)
     out = type(recommender)(network, recommender.dataset, recommender.text_encoder)
     return out.save(out_dir, fitted_on="train+feedback", extra={"fine_tuned_from": str(Path(model_dir).resolve()),
-                                                                 "extra_sequences": len(extra)})
+                                                                 "extra_sequences": len(extra), "trained_on": trained_on})
+
+
+def check_trained_on(model_dir, model, ds: Dataset) -> dict:
+    """Refuse to use a model with data other than its own: compare the dataset's fingerprint with the one the model
+    directory recorded (its run record, or `trained_on` in recommender.json after `fine_tune`), else the item counts.
+    Returns what the directory says it was trained on; the error names both datasets."""
+    from recbook.evaluation import RECOMMENDER_FILE
+
+    model_dir = Path(model_dir)
+    meta = json.loads((model_dir / RECOMMENDER_FILE).read_text()) if (model_dir / RECOMMENDER_FILE).is_file() else {}
+    trained = meta.get("trained_on") or (read_run_record(model_dir / RUN_RECORD)["dataset"]
+                                         if (model_dir / RUN_RECORD).is_file() else None)
+    here = {"name": ds.name, "fingerprint": dataset_fingerprint(ds), "users": len(ds.sequences), "items": ds.n_items}
+    if trained is None:
+        if model.n_items != ds.n_items:
+            raise EvaluationError(f"{model_dir} scores {model.n_items:,} items; dataset {ds.name!r} has {ds.n_items:,}")
+        return here
+    if trained["fingerprint"] != here["fingerprint"]:
+        describe = lambda d: (f"{d['name']!r} ({d['users']:,} users, {d['items']:,} items, fingerprint "
+                              f"{d['fingerprint'][:12]})")
+        raise EvaluationError(f"{model_dir} was trained on dataset {describe(trained)}; dataset {describe(here)} is "
+                              "other data")
+    return trained
 
 # %% ../nbs/04_training.ipynb #e662b948
 def cold_start_metrics(recommender, split: Split, max_count: int = 5, device=None, ranks=None) -> dict:

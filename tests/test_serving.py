@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 
 import numpy as np
@@ -12,9 +13,10 @@ import pytest
 
 from recbook.data import leave_one_out, load_dataset
 from recbook.evaluation import load_recommender
-from recbook.serving import (EXPLANATIONS, MAX_BODY_BYTES, MAX_K, BackgroundServer, FeedbackLog, ItemIndex, RecQuery,
-                             RecommendationService, ServingError, call, compare_indexes, fastest_at_recall, load_test,
-                             recall_at_k, synthetic_catalogue, top_items)
+from recbook.serving import (EXPLANATIONS, MAX_BODY_BYTES, MAX_K, BackgroundServer, FeedbackStore, ItemIndex,
+                             MicroBatcher, RecommendationService, RecQuery, ServingError, call, compare_indexes,
+                             fastest_at_recall, feedback_sequences, load_test, make_app, recall_at_k, synthetic_catalogue,
+                             top_items)
 
 
 def recbook(*args):
@@ -60,7 +62,7 @@ def sasrec_dir(tmp_path_factory):
 
 
 def serve(model_dir, work):
-    return BackgroundServer(model_dir, feedback=work / "feedback.jsonl", exit_after=600, log=work / "server.log")
+    return BackgroundServer(model_dir, feedback=work / "feedback.sqlite", exit_after=600, log=work / "server.log")
 
 
 @pytest.fixture(scope="module")
@@ -153,57 +155,52 @@ def test_synthetic_catalogue_has_the_models_dimension_padding_and_a_seed():
 
 # --- the feedback log, without a server ----------------------------------------------------------------------------
 
-def test_feedback_log_fsyncs_each_event_and_reopening_continues_the_count(tmp_path, monkeypatch):
-    path = tmp_path / "logs" / "feedback.jsonl"
-    on_disk_at_fsync = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (on_disk_at_fsync.append(path.read_bytes()), real_fsync(fd))[1])
-    log = FeedbackLog(path)
-    assert log.append({"user": "a", "item": 3, "history": [1, 2]}) == 1
-    assert on_disk_at_fsync[-1].endswith(b'"item":3,"history":[1,2]}\n'), "written and flushed before the fsync"
-    assert log.append({"user": "a", "item": 4}) == 2
-    log.close()
-    reopened = FeedbackLog(path)
-    assert reopened.count == 2 and reopened.append({"user": "b", "item": 5}) == 3
+def test_feedback_store_commits_each_event_and_a_failed_one_leaves_no_trace(tmp_path):
+    path = tmp_path / "logs" / "feedback.sqlite"
+    store = FeedbackStore(path)
+    assert store.append({"user": "a", "item": 3, "history": [1, 2]}) == 1
+    assert FeedbackStore.read(path)[0] == {**FeedbackStore.read(path)[0], "id": 1, "user": "a", "item": 3,
+                                          "history": [1, 2]}, "readable by another connection once append returns"
+    import sqlite3
+    with sqlite3.connect(path) as db:  # a write that fails inside its transaction, as a full disk would make it
+        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.user = 'fail' "
+                   "BEGIN SELECT RAISE(ABORT, 'simulated failure'); END")
+    with pytest.raises(sqlite3.DatabaseError, match="simulated"):
+        store.append({"user": "fail", "item": 4})
+    assert store.append({"user": "b", "item": 5}) == 2, "the failed event was rolled back whole"
+    store.close()
+    reopened = FeedbackStore(path)
+    assert reopened.count == 2 and reopened.append({"user": "c", "item": 6}) == 3
     reopened.close()
-    assert [e["item"] for e in FeedbackLog.read(path)] == [3, 4, 5]
+    assert [e["user"] for e in FeedbackStore.read(path)] == ["a", "b", "c"]
 
 
-def test_feedback_log_cuts_a_torn_last_line_and_a_failed_repair_changes_nothing(tmp_path, monkeypatch):
-    path = tmp_path / "feedback.jsonl"
-    log = FeedbackLog(path)
-    log.append({"user": "a", "item": 3})
-    log.close()
-    with open(path, "ab") as f: f.write(b'{"user": "b", "it')  # a crash mid-write
-    torn = path.read_bytes()
-
-    def no_rename(*args): raise OSError(errno.ENOSPC, "simulated: no space left on device")
-    monkeypatch.setattr(os, "replace", no_rename)
-    with pytest.raises(OSError, match="simulated"):
-        FeedbackLog(path)
-    assert path.read_bytes() == torn, "the repair is atomic: the old file stays whole"
-    assert [p.name for p in tmp_path.iterdir()] == ["feedback.jsonl"], "no temporary file left behind"
-    monkeypatch.undo()
-    repaired = FeedbackLog(path)
-    assert repaired.count == 1 and path.read_bytes() == torn[:torn.rfind(b"\n") + 1]
-    assert repaired.append({"user": "c", "item": 4}) == 2
-    repaired.close()
+def test_an_old_json_lines_log_is_imported_once_and_its_torn_line_skipped(tmp_path):
+    old = tmp_path / "feedback.jsonl"
+    old.write_text('{"user": "a", "item": 3, "history": [1, 2]}\n{"user": "a", "item": 4}\n{"user": "b", "it')
+    first, second = FeedbackStore.at(old), FeedbackStore.at(old)  # e.g. two server processes starting together
+    assert first.path == second.path == tmp_path / "feedback.sqlite" and first.count == second.count == 2
+    assert FeedbackStore.at(tmp_path / "feedback.sqlite").count == 2, "the .sqlite path finds the same log beside it"
+    assert [s.tolist() for s in feedback_sequences(FeedbackStore.read(first.path))] == [[1, 2, 3, 4]]
+    (tmp_path / "bad.jsonl").write_text('{"user": "a", "item": 3}\n[1, 2]\n')
+    with pytest.raises(ServingError, match=r"bad.jsonl, line 2: not a feedback event"):
+        FeedbackStore.at(tmp_path / "bad.jsonl")
+    (tmp_path / "not-a-store.sqlite").write_text("hello")
+    with pytest.raises(ServingError, match="not-a-store.sqlite: not a feedback store"):
+        FeedbackStore.read(tmp_path / "not-a-store.sqlite")
 
 
-def test_a_failed_append_does_not_shift_later_event_numbers(tmp_path, monkeypatch):
-    path = tmp_path / "feedback.jsonl"
-    log = FeedbackLog(path)
-    log.append({"user": "a", "item": 1})
-    real_fsync = os.fsync
-
-    def failing_fsync(fd): raise OSError(errno.EIO, "simulated I/O error")
-    monkeypatch.setattr(os, "fsync", failing_fsync)
-    with pytest.raises(OSError, match="simulated"):
-        log.append({"user": "b", "item": 2})  # the caller is told the event was not stored
-    monkeypatch.setattr(os, "fsync", real_fsync)
-    number = log.append({"user": "c", "item": 3})
-    log.close()
-    assert FeedbackLog.read(path)[number - 1]["user"] == "c", "append returns the event's number in the log"
+def test_processes_writing_one_store_get_unique_event_numbers(tmp_path):
+    path = tmp_path / "feedback.sqlite"
+    writer = ("import sys; from recbook.serving import FeedbackStore; s = FeedbackStore(sys.argv[1]); "
+              "print(*[s.append({'user': sys.argv[2], 'item': i}) for i in range(1, 101)])")
+    runs = [subprocess.Popen([sys.executable, "-c", writer, str(path), name], stdout=subprocess.PIPE, text=True)
+            for name in ("p", "q", "r")]
+    numbers = [int(n) for run in runs for n in run.communicate(timeout=300)[0].split()]
+    assert all(run.returncode == 0 for run in runs)
+    assert sorted(numbers) == list(range(1, 301)), "every event numbered once, no number twice"
+    events = FeedbackStore.read(path)
+    assert [e["id"] for e in events] == list(range(1, 301)) and {e["user"] for e in events} == {"p", "q", "r"}
 
 
 # --- the service in-process: what depends on a batch or on the catalogue's ids -------------------------------------
@@ -226,6 +223,82 @@ def test_an_all_digit_asin_is_found_by_its_asin(sasrec_model, tiny):
     service = RecommendationService(sasrec_model, dataclasses.replace(ds, items=items))
     assert service.catalogue.resolve(["7806397051"]).tolist() == [5], "POST bodies resolve it (a JSON string)"
     assert service.item("7806397051")["id"] == 5
+
+
+def test_an_item_reference_that_only_looks_numeric_is_an_unknown_item(sasrec_model, tiny):
+    service = RecommendationService(sasrec_model, tiny[0])
+    for ref in ("²", "٣", "9" * 5000, "9" * 19):  # isdigit() is true for all; int() refuses the first three
+        with pytest.raises(ServingError, match="unknown item") as raised:
+            service.item(ref)
+        assert raised.value.status == 404 and len(str(raised.value)) < 300, "named, not printed in full"
+
+
+def test_cancelling_a_request_leaves_the_rest_of_its_batch_answered():
+    import asyncio
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    release = threading.Event()
+
+    def slow_double(requests):
+        release.wait(10)
+        return [r * 2 for r in requests]
+
+    async def scenario():
+        batcher = MicroBatcher(slow_double, max_batch=8, executor=ThreadPoolExecutor(1))
+        tasks = [asyncio.create_task(batcher.submit(n)) for n in range(4)]
+        await asyncio.sleep(0.1)  # the batch of four is running now
+        tasks[0].cancel()  # its client went away
+        release.set()
+        done = await asyncio.wait_for(asyncio.gather(*tasks[1:]), 10)
+        later = await asyncio.wait_for(batcher.submit(10), 10)
+        return done, later, tasks[0].cancelled()
+
+    assert asyncio.run(scenario()) == ([2, 4, 6], 20, True)
+
+
+def test_a_stopped_batcher_fails_its_waiting_requests_instead_of_stranding_them():
+    import asyncio
+
+    async def scenario():
+        batcher = MicroBatcher(lambda requests: [r for r in requests], max_batch=1)
+        waiting = [asyncio.create_task(batcher.submit(n)) for n in range(3)]
+        await asyncio.sleep(0)  # submitted; the drain task starts on the next turn
+        batcher._task.cancel()  # what the event loop does to it at shutdown
+        return await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 10)
+
+    outcomes = asyncio.run(scenario())
+    assert all(isinstance(o, ServingError) and o.status == 503 for o in outcomes), outcomes
+
+
+def test_a_slow_search_does_not_hold_up_recommendations(sasrec_model, tiny):
+    "The text encoder runs off the event loop: /recommend is answered while a search is still being computed."
+    import asyncio
+    import threading
+
+    import httpx
+
+    service = RecommendationService(sasrec_model, tiny[0])
+    searching, release = threading.Event(), threading.Event()
+
+    def slow_search(queries):
+        searching.set()
+        release.wait(30)
+        return [{"query": q, "items": []} for q, _ in queries]
+
+    service.search_batch = slow_search
+    app = make_app(service)
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            search = asyncio.create_task(client.post("/search", json={"query": "shampoo"}))
+            while not searching.is_set(): await asyncio.sleep(0.01)
+            recommended = await asyncio.wait_for(client.post("/recommend", json={"history": [1, 2]}), 20)
+            still_searching = not search.done()
+            release.set()
+            return recommended.status_code, still_searching, (await search).status_code
+
+    assert asyncio.run(scenario()) == (200, True, 200)
 
 
 # --- the real server over HTTP -------------------------------------------------------------------------------------
@@ -251,6 +324,9 @@ def test_items_by_id_and_by_asin(server, tiny):
     for unknown in ("B000NOTREAL", str(ds.n_items + 1), "0"):
         status, answer = call(server.url, f"/items/{unknown}")
         assert status == 404 and unknown in answer["error"] and answer["field"] == "item"
+    for looks_numeric in ("%C2%B2", "9" * 4301):  # '²' (isdigit() is true), and more digits than int() converts
+        status, answer = call(server.url, f"/items/{looks_numeric}")
+        assert (status, answer["field"]) == (404, "item") and "unknown item" in answer["error"], answer
 
 
 def test_recommend_by_ids_and_by_asins(server, tiny, histories):
@@ -330,6 +406,11 @@ BAD_REQUESTS = {  # case: (path, JSON payload or raw bytes, HTTP status, field, 
     "unknown field": ("/recommend", {"history": [1], "kk": 3}, 422, "kk", ["kk"]),
     "unknown explanation": ("/recommend", {"history": [1], "explain": "magic"}, 422, "explain", ["'magic'"]),
     "malformed JSON": ("/recommend", b'{"history": [1,', 400, "body", ["malformed JSON"]),
+    "a 5,000-digit integer in the history": ("/recommend", b'{"history": [1, ' + b"9" * 5000 + b"]}", 422,
+                                            "history[1]", ["5,000 digits"]),
+    "a 5,000-digit k": ("/recommend", b'{"history": [1], "k": -' + b"9" * 5000 + b"}", 422, "k", ["5,000 digits"]),
+    "a 5,000-digit item in feedback": ("/feedback", b'{"user": "u", "event": "click", "item": ' + b"1" * 5000 + b"}",
+                                       422, "item", ["5,000 digits"]),
     "a JSON array body": ("/recommend", [1, 2], 422, "body", []),
     "no body": ("/recommend", b"", 422, "body", []),
     "oversized body": ("/recommend", b" " * (MAX_BODY_BYTES + 1), 413, "body", [f"{MAX_BODY_BYTES:,}"]),
@@ -401,13 +482,13 @@ def test_load_test_has_no_errors(server, histories):
 
 def test_feedback_survives_a_crash_and_fine_tunes_a_model(sasrec_dir, tiny, tmp_path):
     ds, _ = tiny
-    log = tmp_path / "feedback.jsonl"
+    store = tmp_path / "feedback.sqlite"
     events = [{"user": f"shopper-{n % 3}", "item": ds.items.asin[10 + n], "event": ("click", "purchase")[n % 2],
                "history": [1 + n, ds.items.asin[2 + n]]} for n in range(6)]
     with serve(sasrec_dir, tmp_path) as first:
         for number, event in enumerate(events, start=1):
             assert call(first.url, "/feedback", event) == (201, {"stored": True, "event": number})
-            logged = FeedbackLog.read(log)  # on disk as soon as it is acknowledged
+            logged = FeedbackStore.read(store)  # on disk as soon as it is acknowledged
             assert len(logged) == number and logged[-1]["asin"] == event["item"] and logged[-1]["user"] == event["user"]
         assert logged[0]["history"] == [1, 2] and logged[0]["event"] == "click", "ids resolved before logging"
         first.stop(kill=True)  # SIGKILL: no clean shutdown
@@ -415,10 +496,10 @@ def test_feedback_survives_a_crash_and_fine_tunes_a_model(sasrec_dir, tiny, tmp_
         assert call(second.url, "/healthz")[1]["feedback_events"] == len(events)
         late = {"user": "late", "item": 1, "event": "click"}
         assert call(second.url, "/feedback", late) == (201, {"stored": True, "event": len(events) + 1})
-    assert [e["user"] for e in FeedbackLog.read(log)] == [e["user"] for e in events] + ["late"]
+    assert [e["user"] for e in FeedbackStore.read(store)] == [e["user"] for e in events] + ["late"]
 
     tuned = tmp_path / "tuned"
-    result = recbook("finetune", "--model", sasrec_dir, "--feedback", log, "--out", tuned)
+    result = recbook("finetune", "--model", sasrec_dir, "--feedback", store, "--out", tuned)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "3 feedback sequences (7 events" in result.stdout
     assert json.loads((tuned / "recommender.json").read_text())["fitted_on"] == "train+feedback"
@@ -426,3 +507,44 @@ def test_feedback_survives_a_crash_and_fine_tunes_a_model(sasrec_dir, tiny, tmp_
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     report = json.loads(evaluated.stdout)
     assert report["dataset"] == "beauty-tiny" and 0 <= report["NDCG@10"] <= 1
+
+
+def test_server_processes_sharing_a_store_lose_no_acknowledged_event_when_killed(sasrec_dir, tiny, tmp_path):
+    "Two servers on one store, one of them with two worker processes, SIGKILLed in the middle of a burst of feedback."
+    import threading
+
+    store = tmp_path / "feedback.sqlite"
+    acknowledged, errors = [], []
+    with BackgroundServer(sasrec_dir, feedback=store, exit_after=600, args=["--workers", "2"],
+                          log=tmp_path / "a.log") as a, \
+            BackgroundServer(sasrec_dir, feedback=store, exit_after=600, log=tmp_path / "b.log") as b:
+        pids = {call(a.url, "/healthz")[1]["pid"] for _ in range(40)} | {call(b.url, "/healthz")[1]["pid"]}
+        stop = threading.Event()
+
+        def burst(url, name):
+            n = 0
+            while not stop.is_set():
+                n += 1
+                try:
+                    status, answer = call(url, "/feedback", {"user": f"{name}-{n}", "item": 1 + n % 50, "event": "click"},
+                                          timeout=10)
+                except OSError:  # killed mid-request: never acknowledged
+                    continue
+                (acknowledged if status == 201 else errors).append((f"{name}-{n}", answer))
+
+        threads = [threading.Thread(target=burst, args=(server.url, f"{server.port}-{t}"))
+                   for server in (a, b) for t in range(3)]
+        for t in threads: t.start()
+        while len(acknowledged) < 150 and not errors: time.sleep(0.05)
+        a.stop(kill=True)
+        b.stop(kill=True)
+        stop.set()
+        for t in threads: t.join(60)
+    assert not errors, errors[:3]
+    assert len(pids) == 3, "server a answered from both of its workers"
+    stored = {e["user"]: e["id"] for e in FeedbackStore.read(store)}
+    assert len(stored) == len(FeedbackStore.read(store)), "no event stored twice"
+    assert all(stored.get(user) == answer["event"] for user, answer in acknowledged), "every acknowledged event, as numbered"
+    with serve(sasrec_dir, tmp_path) as again:
+        number = call(again.url, "/feedback", {"user": "after", "item": 1, "event": "click"})[1]["event"]
+    assert number > max(stored.values()), "numbers are never reused"

@@ -359,6 +359,36 @@ def test_evaluate_refuses_a_model_trained_on_other_data(tmp_path):
     assert result.returncode == 2 and "scores 560 items" in result.stderr
 
 
+
+def test_a_model_finds_its_data_folder_from_anywhere_and_refuses_changed_data(tmp_path):
+    "A model trained on `--dataset mydata` records the folder's absolute location and the data's fingerprint."
+    from recbook.data import load_dataset, write_dataset
+    from recbook.serving import FeedbackStore, RecommendationService
+
+    (tmp_path / "shop").mkdir()
+    write_dataset(load_dataset("beauty-tiny"), tmp_path / "shop" / "mydata")
+    trained = subprocess.run([sys.executable, "-m", "recbook", "train", "--model", "sasrec", "--dataset", "mydata",
+                              "--out", str(tmp_path / "m"), "--smoke", "--epochs", "1"], cwd=tmp_path / "shop",
+                             capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert json.loads((tmp_path / "m" / "recommender.json").read_text())["dataset"] == str(tmp_path / "shop" / "mydata")
+    service = RecommendationService.from_dir(tmp_path / "m")  # this test runs elsewhere: the location is absolute
+    assert service.dataset.n_items == load_dataset("beauty-tiny").n_items
+    service.feedback.close()
+    store = FeedbackStore(tmp_path / "feedback.sqlite")
+    for item in (1, 2): store.append({"user": "u", "item": item})
+    store.close()
+    tiny = load_dataset("beauty-tiny")  # the folder now holds other data: each history in reverse order
+    write_dataset(replace(tiny, sequences=[s[::-1] for s in tiny.sequences]), tmp_path / "shop" / "mydata")
+    for command in (["evaluate", "--model", str(tmp_path / "m"), "--dataset", str(tmp_path / "shop" / "mydata")],
+                    ["finetune", "--model", str(tmp_path / "m"), "--feedback", str(tmp_path / "feedback.sqlite"),
+                     "--out", str(tmp_path / "m2")],
+                    ["serve", "--model", str(tmp_path / "m"), "--exit-after", "1"]):
+        result = _recbook(*command)
+        assert result.returncode == 2 and "other data" in result.stderr and "fingerprint" in result.stderr, (
+            command[0], result.stderr[-1500:])
+        assert str(tmp_path / "shop" / "mydata") in result.stderr
+
 def test_train_refuses_to_resume_another_runs_checkpoint(tmp_path):
     out = tmp_path / "m"
     assert _recbook("train", "--model", "sasrec", "--dataset", "beauty-tiny", "--out", str(out), "--smoke").returncode == 0
