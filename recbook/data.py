@@ -475,15 +475,17 @@ def load_dataset(name_or_path="beauty", k: int = 5) -> Dataset:
 
 # %% ../nbs/01_data.ipynb #561953f5
 def write_dataset(ds: Dataset, out_dir) -> list[Path]:
-    "Save `ds` in the recbook schema (interactions.csv.gz, items.csv.gz) plus stats.json; each file atomically."
+    """Save `ds` in the recbook schema (interactions.csv.gz, items.csv.gz) plus stats.json. Every file is written to a
+    temporary file first and the three are renamed into place only when all are complete: a failure part-way (a full
+    disk, bad data) leaves the folder as it was, not a new interactions file beside an old items file."""
     out_dir = Path(out_dir)
-    written = []
-    for name, frame in (("interactions.csv.gz", ds.to_frame()), ("items.csv.gz", ds.items)):
-        with atomic_write(out_dir / name, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as gz:
-            gz.write(frame.to_csv(index=False).encode("utf-8"))
-        written.append(out_dir / name)
-    with atomic_write(out_dir / "stats.json") as f: json.dump(dataset_stats(ds), f, indent=1)
-    return written + [out_dir / "stats.json"]
+    stats = dataset_stats(ds)
+    with contextlib.ExitStack() as renames:  # each atomic_write renames its file when the stack closes without error
+        for name, frame in (("interactions.csv.gz", ds.to_frame()), ("items.csv.gz", ds.items)):
+            f = renames.enter_context(atomic_write(out_dir / name, "wb"))
+            with gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as gz: gz.write(frame.to_csv(index=False).encode("utf-8"))
+        json.dump(stats, renames.enter_context(atomic_write(out_dir / "stats.json")), indent=1)
+    return [out_dir / name for name in ("interactions.csv.gz", "items.csv.gz", "stats.json")]
 
 # %% ../nbs/01_data.ipynb #7e2a2b13
 def _date(ts) -> str: return pd.Timestamp(int(ts), unit="s").strftime("%Y-%m-%d")

@@ -1,6 +1,7 @@
 """The data chapter's library on the real benchmark, the three input formats, and bad input."""
 import gzip
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -224,6 +225,27 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
         write_dataset(tiny, out)
     assert list(out.iterdir()) == []  # no partial file and no temporary file
 
+
+
+def test_a_write_that_fails_on_its_second_file_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
+    "Every file is complete before any is renamed: no new interactions beside old items."
+    tiny = load_dataset("beauty-tiny")
+    out = tmp_path / "out"
+    write_dataset(tiny, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_write, calls = gzip.GzipFile.write, []
+
+    def fails_second(self, data):
+        calls.append(1)
+        if len(calls) == 2: raise OSError("disk full")
+        return real_write(self, data)
+
+    monkeypatch.setattr(gzip.GzipFile, "write", fails_second)
+    shorter = replace(tiny, sequences=tiny.sequences[:-10], user_ids=tiny.user_ids[:-10],
+                      timestamps=tiny.timestamps[:-10] if tiny.timestamps is not None else None)
+    with pytest.raises(OSError, match="disk full"):
+        write_dataset(shorter, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before, "old files intact, no temporary file left"
 
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
     target = tmp_path / "stats.json"
