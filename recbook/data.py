@@ -94,10 +94,12 @@ def _first_bad_row(bad: np.ndarray, df: pd.DataFrame, path, col: str, expected: 
 
 
 def _integer_column(df: pd.DataFrame, path, col: str) -> np.ndarray:
-    "The column as int64, or a DatasetError naming the first row that does not hold an integer."
+    """The column as int64, or a DatasetError naming the first row that does not hold an integer. Through a float,
+    integers are exact only up to 2**53: a longer id would silently become another one, so it is refused too."""
+    if pd.api.types.is_integer_dtype(df[col]): return df[col].to_numpy(dtype=np.int64)
     values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
-    bad = ~np.isfinite(values) | (values % 1 != 0)
-    if bad.any(): _first_bad_row(bad, df, path, col, "an integer")
+    bad = ~np.isfinite(values) | (values % 1 != 0) | (np.abs(values) > 2 ** 53)
+    if bad.any(): _first_bad_row(bad, df, path, col, "an integer of at most 15 digits")
     return values.astype(np.int64)
 
 
@@ -181,8 +183,10 @@ def read_sequence_file(path) -> pd.DataFrame:
                     raise DatasetError(path, f"a line needs a user id and at least one item id, got {line.strip()!r}",
                                        line=line_no, field="item_id")
                 for k, token in enumerate(tokens):
-                    if not token.isdigit():
-                        raise DatasetError(path, f"expected a non-negative integer id, got {token!r}", line=line_no,
+                    # ASCII digits only ('²'.isdigit() is true), and few enough of them to fit an int64
+                    if not (token.isascii() and token.isdigit() and len(token) <= 18):
+                        raise DatasetError(path, f"expected a non-negative integer id of at most 18 digits, got "
+                                           f"{token[:40]!r}", line=line_no,
                                            field="user_id" if k == 0 else f"item_id (token {k + 1})")
                 users.extend([int(tokens[0])] * (len(tokens) - 1))
                 items.extend(int(t) for t in tokens[1:])

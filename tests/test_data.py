@@ -261,3 +261,17 @@ def test_read_raw_reports_what_it_read():
     raw = read_raw(beauty_dir())
     assert raw.format == "recbook-csv" and raw.interactions_path.endswith("interactions.csv.gz")
     assert raw.items is not None and len(raw.items) == 12_101
+
+
+@pytest.mark.parametrize("content, file, field, line", [
+    ("user_id,item_id,position\n1,10,0\n123456789012345678901,10,1\n", "interactions.csv", "user_id", 3),
+    ("user_id,item_id,position\n1,10.0,0\n1,12345678901234567,1\n", "interactions.csv", "item_id", 3),  # via a float
+    ("1 10 11\n2 10 ²\n", "shop.txt", "item_id (token 3)", 2),
+    ("1 10 11\n2 10 " + "9" * 30 + "\n", "shop.txt", "item_id (token 3)", 2),
+])
+def test_ids_that_would_change_or_break_in_conversion_are_refused(tmp_path, content, file, field, line):
+    "Found by the fuzzing tests: a 17-digit id read through a float became another id; '²' and 30 digits crashed."
+    (tmp_path / file).write_text(content)
+    with pytest.raises(DatasetError) as raised:
+        load_dataset(tmp_path, k=1)
+    assert (raised.value.field, raised.value.line) == (field, line) and file in str(raised.value)
