@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from .data import Dataset, Split, atomic_write
-from .evaluation import EvaluationError, default_device, evaluate_full, register_recommender, RECOMMENDER_FILE
+from .evaluation import (EvaluationError, RECOMMENDER_FILE, default_device, evaluate_full, history_mask,
+                                register_recommender)
 from .pretraining import FULL_CONFIG as FULL_TEXT_BERT
 from .pretraining import autocast_for, left_padded
 from .towers import (SASRecRecommender, TowerConfig, TwoTower, TwoTowerRecommender, catalogue_text_vectors,
@@ -34,7 +35,7 @@ __all__ = ['FULL_TOWERS', 'SMOKE_TOWERS', 'FULL_TRAINING', 'SMOKE_TRAINING', 'QU
            'cold_start_metrics', 'summarise_runs', 'itemknn_on_validation', 'code_hash', 'library_code_hash',
            'dataset_fingerprint', 'describe_device', 'run_provenance', 'run_record', 'write_run_record',
            'read_run_record', 'record_is_current', 'paired_comparison', 'Variant', 'ensure_runs', 'load_run_records',
-           'load_train_config', 'suggest_settings', 'tune']
+           'load_train_config', 'suggest_settings', 'tune', 'TrainedModel', 'load_trained']
 
 # %% ../nbs/04_training.ipynb #fb75c7b5
 @dataclass
@@ -815,3 +816,67 @@ def tune(kind: str, ds: Dataset, trials: int = 20, epochs: int = 20, timeout: fl
     return {**settings, "model": kind, "dataset": ds.name, "valid NDCG@10": best.value, "seed": seed,
             "trials": [{"number": t.number, "state": t.state.name, "valid NDCG@10": t.value, **t.params}
                        for t in study.trials]}
+
+# %% ../nbs/04_training.ipynb #096abb35
+class TrainedModel:
+    "A trained model directory and its data, ready to recommend by the shop's own ids: what `recbook.load` returns."
+
+    def __init__(self, model_dir):
+        from recbook.data import load_dataset
+        from recbook.evaluation import load_recommender
+
+        self.model_dir = Path(model_dir)
+        self.model = load_recommender(model_dir)
+        self.dataset = load_dataset(self.model.dataset)
+        check_trained_on(model_dir, self.model, self.dataset)
+        items = self.dataset.items
+        self.item_keys = items["asin" if "asin" in items.columns else "item_id"].astype(str).to_numpy()
+        self._item_ids = {key: i for i, key in enumerate(self.item_keys, start=1)}
+        self._user_rows = {str(user): row for row, user in enumerate(self.dataset.user_ids)}
+
+    def _unknown(self, what: str, values, given: int) -> EvaluationError:
+        shown = ", ".join(repr(v) for v in values[:10]) + (f" and {len(values) - 10} more" if len(values) > 10 else "")
+        return EvaluationError(f"unknown {what} {shown} ({len(values)} of the {given} given)")
+
+    def item_ids(self, items) -> np.ndarray:
+        "Model ids of items given by the shop's ids (ASINs) or by model ids (integers 1..n_items)."
+        items, ids, unknown = list(items), [], []
+        for item in items:
+            if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+                (ids if 1 <= item <= self.dataset.n_items else unknown).append(int(item))
+            elif str(item) in self._item_ids: ids.append(self._item_ids[str(item)])
+            else: unknown.append(item)
+        if unknown: raise self._unknown("item(s)", unknown, len(items))
+        return np.array(ids, dtype=np.int64)
+
+    def _top(self, queries, histories, k: int, exclude_seen: bool) -> pd.DataFrame:
+        if not 1 <= k <= self.dataset.n_items: raise EvaluationError(f"k must be in 1..{self.dataset.n_items}, got {k}")
+        with torch.no_grad():
+            scores = torch.as_tensor(self.model(np.arange(len(histories)), histories)).float().cpu()
+        scores[:, 0] = -torch.inf  # the padding id
+        if exclude_seen: scores[history_mask(histories, scores.shape[1])] = -torch.inf
+        best, ids = scores.topk(k, dim=1)
+        ids, best = ids.numpy(), best.numpy()
+        title = self.dataset.items["title"] if "title" in self.dataset.items.columns else self.dataset.items["text"]
+        return pd.DataFrame({"query": np.repeat(np.asarray(queries, dtype=object), k), "rank": np.tile(np.arange(1, k + 1), len(queries)),
+                             "item": self.item_keys[ids.ravel() - 1], "id": ids.ravel(),
+                             "title": title.to_numpy()[ids.ravel() - 1], "score": best.ravel()})
+
+    def recommend(self, history, k: int = 10, exclude_seen: bool = True) -> pd.DataFrame:
+        "Top-k for one history (a new user's few items, oldest first): rank, item (the shop's id), id, title, score."
+        ids = self.item_ids(list(history))
+        if not len(ids): raise EvaluationError("the history is empty: give at least one item")
+        return self._top([0], [ids], k, exclude_seen).drop(columns="query")
+
+    def recommend_users(self, users, k: int = 10, exclude_seen: bool = True) -> pd.DataFrame:
+        "Top-k for known users, by the shop's user ids, from each user's whole history (training, validation, test)."
+        users = list(users)
+        unknown = [u for u in users if str(u) not in self._user_rows]
+        if unknown: raise self._unknown("user(s)", unknown, len(users))
+        histories = [self.dataset.sequences[self._user_rows[str(u)]] for u in users]
+        return self._top(users, histories, k, exclude_seen).rename(columns={"query": "user"})
+
+
+def load_trained(model_dir) -> TrainedModel:
+    "`recbook.load(DIR)`: a trained model directory, ready to recommend."
+    return TrainedModel(model_dir)

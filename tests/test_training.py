@@ -396,3 +396,27 @@ def test_train_refuses_to_resume_another_runs_checkpoint(tmp_path):
     assert again.returncode == 0, "the same run: resumes (here: is already finished)"
     other = _recbook("train", "--model", "sasrec", "--dataset", "beauty-tiny", "--out", str(out), "--smoke", "--seed", "1")
     assert other.returncode == 2 and "checkpoint of another run" in other.stderr and str(out) in other.stderr
+
+
+def test_recbook_load_recommends_by_the_shops_ids(tmp_path):
+    "The one-line API after chapter 4: a new user's few items, or known users from their whole history."
+    import recbook
+
+    assert _recbook("train", "--model", "sasrec", "--dataset", "beauty-tiny", "--out", str(tmp_path / "m"), "--smoke",
+                    "--epochs", "1").returncode == 0
+    model = recbook.load(tmp_path / "m")
+    ds = model.dataset
+    history = [ds.items.asin[4], ds.items.asin[9]]
+    top = model.recommend(history, k=7)
+    assert list(top.columns) == ["rank", "item", "id", "title", "score"] and list(top["rank"]) == list(range(1, 8))
+    assert not set(top["item"]) & set(history) and top["score"].is_monotonic_decreasing
+    assert set(model.recommend(history, k=ds.n_items, exclude_seen=False)["item"]) >= set(history)
+    users = model.recommend_users([ds.user_ids[3], ds.user_ids[0]], k=4)
+    assert list(users["user"]) == [ds.user_ids[3]] * 4 + [ds.user_ids[0]] * 4
+    assert not set(users[users["user"] == ds.user_ids[3]]["id"]) & set(ds.sequences[3].tolist()), "whole history left out"
+    with pytest.raises(EvaluationError, match=r"unknown item\(s\) 'B000NOTREAL', 999999 \(2 of the 3 given\)"):
+        model.recommend(["B000NOTREAL", history[0], 999999])
+    with pytest.raises(EvaluationError, match=r"unknown user\(s\) 'nobody'"):
+        model.recommend_users(["nobody"])
+    with pytest.raises(EvaluationError, match="k must be in"):
+        model.recommend(history, k=0)
