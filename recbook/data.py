@@ -485,10 +485,16 @@ def write_dataset(ds: Dataset, out_dir) -> list[Path]:
     out_dir = Path(out_dir)
     stats = dataset_stats(ds)
     with contextlib.ExitStack() as renames:  # each atomic_write renames its file when the stack closes without error
+        files = []
         for name, frame in (("interactions.csv.gz", ds.to_frame()), ("items.csv.gz", ds.items)):
-            f = renames.enter_context(atomic_write(out_dir / name, "wb"))
-            with gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as gz: gz.write(frame.to_csv(index=False).encode("utf-8"))
-        json.dump(stats, renames.enter_context(atomic_write(out_dir / "stats.json")), indent=1)
+            files.append(renames.enter_context(atomic_write(out_dir / name, "wb")))
+            with gzip.GzipFile(fileobj=files[-1], mode="wb", mtime=0) as gz:
+                gz.write(frame.to_csv(index=False).encode("utf-8"))
+        files.append(renames.enter_context(atomic_write(out_dir / "stats.json")))
+        json.dump(stats, files[-1], indent=1)
+        for f in files:  # a full disk or an I/O error shows here, before any file is renamed
+            f.flush()
+            os.fsync(f.fileno())
     return [out_dir / name for name in ("interactions.csv.gz", "items.csv.gz", "stats.json")]
 
 # %% ../nbs/01_data.ipynb #7e2a2b13

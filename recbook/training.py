@@ -857,10 +857,12 @@ class TrainedModel:
         if exclude_seen: scores[history_mask(histories, scores.shape[1])] = -torch.inf
         best, ids = scores.topk(k, dim=1)
         ids, best = ids.numpy(), best.numpy()
+        found = np.isfinite(best.ravel())  # k may exceed what is left once the history is taken out
         title = self.dataset.items["title"] if "title" in self.dataset.items.columns else self.dataset.items["text"]
-        return pd.DataFrame({"query": np.repeat(np.asarray(queries, dtype=object), k), "rank": np.tile(np.arange(1, k + 1), len(queries)),
-                             "item": self.item_keys[ids.ravel() - 1], "id": ids.ravel(),
-                             "title": title.to_numpy()[ids.ravel() - 1], "score": best.ravel()})
+        ids, best = ids.ravel()[found], best.ravel()[found]
+        return pd.DataFrame({"query": np.repeat(np.asarray(queries, dtype=object), k)[found],
+                             "rank": np.tile(np.arange(1, k + 1), len(queries))[found], "item": self.item_keys[ids - 1],
+                             "id": ids, "title": title.to_numpy()[ids - 1], "score": best})
 
     def recommend(self, history, k: int = 10, exclude_seen: bool = True) -> pd.DataFrame:
         "Top-k for one history (a new user's few items, oldest first): rank, item (the shop's id), id, title, score."

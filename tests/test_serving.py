@@ -518,7 +518,9 @@ def test_server_processes_sharing_a_store_lose_no_acknowledged_event_when_killed
     with BackgroundServer(sasrec_dir, feedback=store, exit_after=600, args=["--workers", "2"],
                           log=tmp_path / "a.log") as a, \
             BackgroundServer(sasrec_dir, feedback=store, exit_after=600, log=tmp_path / "b.log") as b:
-        pids = {call(a.url, "/healthz")[1]["pid"] for _ in range(40)} | {call(b.url, "/healthz")[1]["pid"]}
+        pids, deadline = {call(b.url, "/healthz")[1]["pid"]}, time.monotonic() + 60
+        while len(pids) < 3 and time.monotonic() < deadline:  # new connections reach either of a's workers
+            pids.add(call(a.url, "/healthz")[1]["pid"])
         stop = threading.Event()
 
         def burst(url, name):
@@ -535,12 +537,14 @@ def test_server_processes_sharing_a_store_lose_no_acknowledged_event_when_killed
         threads = [threading.Thread(target=burst, args=(server.url, f"{server.port}-{t}"))
                    for server in (a, b) for t in range(3)]
         for t in threads: t.start()
-        while len(acknowledged) < 150 and not errors: time.sleep(0.05)
+        deadline = time.monotonic() + 120
+        while len(acknowledged) < 150 and not errors and time.monotonic() < deadline: time.sleep(0.05)
         a.stop(kill=True)
         b.stop(kill=True)
         stop.set()
         for t in threads: t.join(60)
     assert not errors, errors[:3]
+    assert len(acknowledged) >= 150, f"only {len(acknowledged)} events acknowledged in 120 s"
     assert len(pids) == 3, "server a answered from both of its workers"
     stored = {e["user"]: e["id"] for e in FeedbackStore.read(store)}
     assert len(stored) == len(FeedbackStore.read(store)), "no event stored twice"
