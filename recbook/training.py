@@ -691,11 +691,17 @@ def ensure_runs(ds: Dataset, variants, seeds, records, work, towers: TowerConfig
 
     def text_bert() -> str:
         "Chapter 2's text BERT for this code and data, pretrained once into `work` (the marker sits beside it)."
-        folder = _fresh_directory(work / "text-bert", {"text_bert": _plain(asdict(text_config)), "code_sha256": code,
-                                                       "dataset": fingerprint})
-        if not (folder / "model" / "config.json").is_file():
-            say(f"pretraining chapter 2's text BERT into {folder / 'model'}")
-            run_text_pretraining(ds, folder / "model", text_config, device)
+        import fcntl
+
+        work.mkdir(parents=True, exist_ok=True)
+        # runs of other seeds may be started at once (one process each, as on a GPU): one pretrains, the others wait
+        with open(work / "text-bert.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            folder = _fresh_directory(work / "text-bert", {"text_bert": _plain(asdict(text_config)), "code_sha256": code,
+                                                           "dataset": fingerprint})
+            if not (folder / "model" / "config.json").is_file():
+                say(f"pretraining chapter 2's text BERT into {folder / 'model'}")
+                run_text_pretraining(ds, folder / "model", text_config, device)
         return str(folder / "model")
 
     def finished_run(variant: Variant, seed: int) -> Path:

@@ -15,10 +15,14 @@ def test_gpu_suite_dry_run_plans_every_step_within_its_budget(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     plan = (tmp_path / "summary.txt").read_text().splitlines()
     steps = [line.split()[1] for line in plan if line.startswith("plan")]
-    assert steps == ["records-main", "bench-training", "bench-evaluation", "bench-pretraining", "records-rest"]
-    assert "recbook runs --dataset beauty --records " + str(tmp_path / "results" / "beauty") in result.stdout
+    assert steps == ["records", "bench-pretraining", "bench-evaluation", "bench-training"]
+    runs = [line for line in result.stdout.splitlines() if "recbook runs --dataset beauty --records " + str(tmp_path / "results" / "beauty") in line]
+    assert len(runs) == 15 and {line.split("--seeds ")[1].split()[0] for line in runs} == {"0", "1", "2"}, \
+        "one process per (seed, chain of variants)"
+    assert sum("twotower-minilm-bert4rec-ids" in line and "--variants bert4rec " in line for line in runs) == 3, \
+        "the two-tower model started from BERT4Rec's IDs runs after that seed's BERT4Rec, in its process"
     limits = [int(line.split("limit ")[1].split("s)")[0]) for line in plan if line.startswith("plan")]
-    assert all(limit > 0 for limit in limits) and sum(limits) <= 470, "even if every step used its whole limit"
+    assert all(limit > 0 for limit in limits) and sum(limits) <= 560, "even if every step used its whole limit"
     assert sorted(p.name for p in (tmp_path / "results" / "beauty").glob("*.json")) == \
         sorted(p.name for p in (ROOT / "results" / "beauty").glob("*.json")), "committed records are copied first"
 
