@@ -357,11 +357,12 @@ class FeedbackStore:
         "BEGIN IMMEDIATE (the write lock at once: no deadlock between two writers) ... COMMIT, or ROLLBACK on any error."
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            try: yield
+            try:
+                yield
+                self._db.execute("COMMIT")  # inside the try: a failed COMMIT (a full disk) must not leave it open
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction: self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def _insert(self, event: dict) -> int:
         row = [event.get("time", time.time()), str(event["user"]), event.get("event", "click"), int(event["item"]),
@@ -387,8 +388,10 @@ class FeedbackStore:
 
     @staticmethod
     def read(path) -> list[dict]:
-        "Every stored event, oldest first, each with its number as 'id' (a `.jsonl` path: that old log, as it is)."
+        """Every stored event, oldest first, each with its number as 'id'. For a `.jsonl` path, the store `at` made of it
+        (`x.sqlite`: the old log imported, plus what came since) when there is one, else that old log as it is."""
         path = Path(path)
+        if path.suffix == ".jsonl" and path.with_suffix(".sqlite").is_file(): path = path.with_suffix(".sqlite")
         if not path.is_file(): raise ServingError(f"{path}: no such feedback store", "feedback")
         if path.suffix == ".jsonl": return read_jsonl_events(path)
         try:
@@ -596,8 +599,11 @@ class RecommendationService:
         if self.feedback is None: raise ServingError("this service runs without a feedback log", "feedback", 503)
         (item_id,) = self.catalogue.resolve([item], "item")
         history_ids = self.catalogue.resolve(list(history), "history")
-        return self.feedback.append({"time": round(time.time(), 3), "user": user, "event": event, "item": int(item_id),
-                                     "asin": self.catalogue.keys[item_id - 1], "history": history_ids.tolist()})
+        try:
+            return self.feedback.append({"time": round(time.time(), 3), "user": user, "event": event, "item": int(item_id),
+                                         "asin": self.catalogue.keys[item_id - 1], "history": history_ids.tolist()})
+        except sqlite3.OperationalError as error:  # locked past the timeout, disk full, read-only: the client may retry
+            raise ServingError(f"the feedback store could not store the event ({error}); try again", "feedback", 503) from None
 
 # %% ../nbs/06_serving.ipynb #0e440730
 class MicroBatcher:
@@ -648,6 +654,7 @@ class MicroBatcher:
 
     def _drained(self, task: asyncio.Task) -> None:
         "The drain ended. If the loop cancelled it (at shutdown, even before it started), fail its requests: never strand one."
+        if task is not self._task: return  # an older drain: a newer one owns the queue now
         if not task.cancelled() and task.exception() is None: return  # the queue ran empty: nobody is waiting
         self.busy = False
         stranded, self._batch, self.pending = self._batch + self.pending, [], []
@@ -823,7 +830,7 @@ def out_of_range_integer(body: bytes) -> tuple[str, int] | None:
     body holds none (or is not JSON). Python refuses such integers to bound the time a conversion may take."""
     limit = sys.get_int_max_str_digits() or math.inf
     try: value = json.loads(body, parse_int=lambda s: _Digits(s) if len(s.lstrip("-")) > limit else int(s))
-    except ValueError: return None
+    except (ValueError, RecursionError): return None  # not JSON, or nested deeper than Python's parser goes
 
     def find(node, field):
         if isinstance(node, _Digits): return field or "body", len(node.lstrip("-"))
@@ -833,7 +840,8 @@ def out_of_range_integer(body: bytes) -> tuple[str, int] | None:
             if found: return found
         return None
 
-    return find(value, "")
+    try: return find(value, "")
+    except RecursionError: return None
 
 
 def validation_message(errors) -> tuple[int, str, str]:
@@ -938,7 +946,7 @@ def make_app(service: RecommendationService):
             if found is not None:
                 field, digits = found
                 return _json({"error": f"{field}: an integer of {digits:,} digits is out of range", "field": field}, 422)
-        return _json({"error": str(error.detail), "field": "body" if error.status_code == 413 else None},
+        return _json({"error": str(error.detail), "field": "body" if error.status_code in (400, 413) else None},
                      error.status_code)
 
     answered = collections.Counter()
@@ -976,7 +984,7 @@ def make_app(service: RecommendationService):
         return _json({"stored": True, "event": number}, 201)
 
     @app.get("/healthz", summary="Liveness and what is being served")
-    async def healthz():
+    def healthz():  # a plain def runs on a worker thread: counting events waits for the store's lock, not the loop
         return _json({"status": "ok", "pid": os.getpid(), "model": service.model.kind, "model_dir": service.model_dir,
                       "dataset": service.dataset.name, "items": service.dataset.n_items, "text_search": bool(
                           getattr(service.model, "has_text", False)),
@@ -1030,11 +1038,15 @@ def run_server(model_dir, host: str = "127.0.0.1", port: int = 8000, feedback=No
     import uvicorn
 
     _check_port(host, port)
-    if exit_after:  # SIGTERM to ourselves: the same clean shutdown as an operator's, with one process or several
-        timer = threading.Timer(exit_after, lambda: os.kill(os.getpid(), signal.SIGTERM))
+
+    def stop_after(seconds: float, stop: Callable) -> None:
+        timer = threading.Timer(seconds, stop)
         timer.daemon = True
         timer.start()
+
     if workers > 1:
+        if exit_after:  # SIGTERM to the manager: the same clean shutdown of every worker as an operator's
+            stop_after(exit_after, lambda: os.kill(os.getpid(), signal.SIGTERM))
         RecommendationService.from_dir(model_dir, feedback, config).feedback.close()  # bad input fails here, once
         os.environ[WORKER_SETTINGS] = json.dumps({"model_dir": str(model_dir), "feedback": None if feedback is None else
                                                   str(feedback), "config": asdict(config or ServeConfig()),
@@ -1047,6 +1059,8 @@ def run_server(model_dir, host: str = "127.0.0.1", port: int = 8000, feedback=No
     service = _service_for_process(model_dir, feedback, config, threads)
     server = uvicorn.Server(uvicorn.Config(make_app(service), host=host, port=port, log_level="warning",
                                            access_log=False, timeout_graceful_shutdown=5))
+    # counted from now, when the model is loaded; uvicorn's own flag ends it cleanly, exit status 0, store closed
+    if exit_after: stop_after(exit_after, lambda: setattr(server, "should_exit", True))
     print(f"recbook serve: {model_dir} ({service.model.kind}, {service.dataset.n_items:,} items, {service.index.kind} "
           f"index) on http://{host}:{port}  (API docs: http://{host}:{port}/docs)", flush=True)
     try: server.run()

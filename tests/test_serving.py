@@ -16,7 +16,7 @@ from recbook.evaluation import load_recommender
 from recbook.serving import (EXPLANATIONS, MAX_BODY_BYTES, MAX_K, BackgroundServer, FeedbackStore, ItemIndex,
                              MicroBatcher, RecommendationService, RecQuery, ServingError, call, compare_indexes,
                              fastest_at_recall, feedback_sequences, load_test, make_app, recall_at_k, synthetic_catalogue,
-                             top_items)
+                             top_items, free_port)
 
 
 def recbook(*args):
@@ -182,6 +182,11 @@ def test_an_old_json_lines_log_is_imported_once_and_its_torn_line_skipped(tmp_pa
     assert first.path == second.path == tmp_path / "feedback.sqlite" and first.count == second.count == 2
     assert FeedbackStore.at(tmp_path / "feedback.sqlite").count == 2, "the .sqlite path finds the same log beside it"
     assert [s.tolist() for s in feedback_sequences(FeedbackStore.read(first.path))] == [[1, 2, 3, 4]]
+    first.append({"user": "a", "item": 5})  # a server started with --feedback feedback.jsonl stores here
+    first.close()
+    second.close()
+    assert [e["item"] for e in FeedbackStore.read(old)] == [3, 4, 5], \
+        "`recbook finetune --feedback feedback.jsonl` reads the store it became, not the old log alone"
     (tmp_path / "bad.jsonl").write_text('{"user": "a", "item": 3}\n[1, 2]\n')
     with pytest.raises(ServingError, match=r"bad.jsonl, line 2: not a feedback event"):
         FeedbackStore.at(tmp_path / "bad.jsonl")
@@ -412,6 +417,10 @@ BAD_REQUESTS = {  # case: (path, JSON payload or raw bytes, HTTP status, field, 
     "a 5,000-digit item in feedback": ("/feedback", b'{"user": "u", "event": "click", "item": ' + b"1" * 5000 + b"}",
                                        422, "item", ["5,000 digits"]),
     "a JSON array body": ("/recommend", [1, 2], 422, "body", []),
+    "JSON nested deeper than the parser goes": ("/recommend", b'{"history": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400,
+                                                "body", []),
+    "deeply nested feedback": ("/feedback", b'{"user": "u", "event": "click", "item": ' + b"[" * 5000 + b"]" * 5000
+                               + b"}", 400, "body", []),
     "no body": ("/recommend", b"", 422, "body", []),
     "oversized body": ("/recommend", b" " * (MAX_BODY_BYTES + 1), 413, "body", [f"{MAX_BODY_BYTES:,}"]),
     "blank query": ("/search", {"query": "   "}, 422, "query", ["blank"]),
@@ -552,3 +561,29 @@ def test_server_processes_sharing_a_store_lose_no_acknowledged_event_when_killed
     with serve(sasrec_dir, tmp_path) as again:
         number = call(again.url, "/feedback", {"user": "after", "item": 1, "event": "click"})[1]["event"]
     assert number > max(stored.values()), "numbers are never reused"
+
+
+def test_a_busy_feedback_store_is_a_503_and_the_store_stays_usable(sasrec_dir, tmp_path):
+    "Another process holding the write lock past the timeout: the event is refused with 503, and the next one is stored."
+    import sqlite3
+
+    store = tmp_path / "feedback.sqlite"
+    service = RecommendationService.from_dir(sasrec_dir, feedback=store)
+    service.feedback._db.execute("PRAGMA busy_timeout = 200")  # not a minute: the test waits for the refusal
+    other = sqlite3.connect(store, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(ServingError) as refused:
+        service.add_feedback("u", 1, "click")
+    assert refused.value.status == 503 and refused.value.field == "feedback" and "try again" in str(refused.value)
+    other.execute("ROLLBACK")
+    other.close()
+    assert service.add_feedback("u", 1, "click") == 1 and service.feedback.count == 1, "no transaction left open"
+    service.feedback.close()
+
+
+def test_serve_exit_after_counts_from_the_loaded_model_and_exits_cleanly(sasrec_dir, tmp_path):
+    "`--exit-after`: status 0 (not a signal's 143), and the store closed (SQLite removes its WAL file on the last close)."
+    store = tmp_path / "feedback.sqlite"
+    result = recbook("serve", "--model", sasrec_dir, "--port", free_port(), "--feedback", store, "--exit-after", 3)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "recbook serve:" in result.stdout and store.is_file() and not store.with_name(store.name + "-wal").exists()
