@@ -239,6 +239,24 @@ def finetune(args) -> None:
           f"{feedback}); wrote {result['model']}")
 
 
+def recommend(args) -> None:
+    from recbook.serving import recommend_to_file
+
+    written = recommend_to_file(args.model, args.out, users=args.users, k=args.k, exclude_seen=not args.include_seen,
+                                skip_unknown=args.skip_unknown, dataset=args.dataset, progress=not args.quiet)
+    skipped = f"; {written['skipped_unknown']} unknown ids skipped" if written["skipped_unknown"] else ""
+    print(f"wrote top-{written['k']} for {written['users']:,} users ({written['rows']:,} rows) to {written['out']} in "
+          f"{written['seconds']:.1f} s{skipped}")
+
+
+def export(args) -> None:
+    from recbook.serving import ONNX_MODEL, export_onnx
+
+    out = export_onnx(args.model, args.onnx)
+    print(f"wrote {', '.join(sorted(p.name for p in out.iterdir() if not p.name.startswith('.')))} to {out}; "
+          f"run {ONNX_MODEL} with onnxruntime (recbook.serving.OnnxRecommender)")
+
+
 def _positive(value: str) -> int:
     if not value.isdigit() or int(value) < 1: raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
     return int(value)
@@ -341,6 +359,24 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--epochs", type=_positive, default=1, help="epochs over training data + feedback (default 1)")
     ft.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     ft.set_defaults(func=finetune)
+
+    rec = commands.add_parser("recommend", help="top-k for every user (or a file of user ids) to a Parquet or CSV file")
+    rec.add_argument("--model", required=True, help="a `recbook train` model directory (twotower or sasrec)")
+    rec.add_argument("--dataset", help="the data the model was trained on (default: what its directory records); "
+                     "other data is refused")
+    rec.add_argument("--users", default="all", help="'all' (default), or a file of user ids: one per line, or a CSV "
+                     "with a 'user' column")
+    rec.add_argument("--k", type=_positive, default=20, help="items per user (default 20)")
+    rec.add_argument("--out", required=True, help="output file, .parquet (needs pyarrow) or .csv, written atomically")
+    rec.add_argument("--include-seen", action="store_true", help="keep items the user already has (default: left out)")
+    rec.add_argument("--skip-unknown", action="store_true", help="leave unknown user ids out (counted) instead of failing")
+    rec.add_argument("--quiet", action="store_true", help="no progress bar")
+    rec.set_defaults(func=recommend)
+
+    ex = commands.add_parser("export", help="the user tower as ONNX, with the item vectors, for serving without PyTorch")
+    ex.add_argument("--model", required=True, help="a `recbook train` model directory (twotower or sasrec)")
+    ex.add_argument("--onnx", required=True, help="folder to write user_tower.onnx, item_vectors.npy and onnx.json to")
+    ex.set_defaults(func=export)
 
     quick = commands.add_parser("quickstart", help="the main job on the shipped data: data, pretrained text encoder, training, evaluation (minutes on a CPU)")
     quick.add_argument("--dataset", default="beauty", help=DATASET_HELP)

@@ -10,6 +10,7 @@ import collections
 import contextlib
 import copy
 import gc
+import io
 import json
 import math
 import os
@@ -34,22 +35,26 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from torch import nn
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema
 
 from .data import Dataset, atomic_write, load_dataset
-from .evaluation import MostPopular, load_recommender
+from .evaluation import MostPopular, history_mask, load_recommender
+from .towers import TwoTowerRecommender
 
 # %% auto #0
 __all__ = ['INDEX_KINDS', 'SWEEPS', 'MAX_K', 'MAX_HISTORY', 'MAX_QUERY_CHARS', 'MAX_BODY_BYTES', 'EXPLAIN_METHODS',
-           'EXPLANATIONS', 'ItemRef', 'WORKER_SETTINGS', 'ServingError', 'faiss_threads', 'ItemIndex', 'top_items',
-           'recall_at_k', 'query_latencies', 'compare_indexes', 'fastest_at_recall', 'plot_recall_latency',
-           'synthetic_catalogue', 'scale_check', 'quantize_user_tower', 'Catalogue', 'read_jsonl_events',
-           'FeedbackStore', 'feedback_sequences', 'finetune_from_feedback', 'ServeConfig', 'RecQuery',
-           'similarity_contributions', 'occluded_histories', 'top_contributors', 'RecommendationService',
-           'MicroBatcher', 'AnswerCache', 'BodySizeLimit', 'RecommendRequest', 'SearchRequest', 'FeedbackRequest',
-           'ErrorAnswer', 'ItemReason', 'ItemAnswer', 'RecommendAnswer', 'SearchAnswer', 'ItemDetail', 'FeedbackAnswer',
-           'out_of_range_integer', 'validation_message', 'RecommendFastPath', 'make_app', 'worker_app', 'run_server',
-           'free_port', 'call', 'BackgroundServer', 'load_test', 'plot_latency_histogram']
+           'EXPLANATIONS', 'ItemRef', 'WORKER_SETTINGS', 'ONNX_MODEL', 'ONNX_ITEMS', 'ONNX_META', 'ServingError',
+           'faiss_threads', 'ItemIndex', 'top_items', 'recall_at_k', 'query_latencies', 'compare_indexes',
+           'fastest_at_recall', 'plot_recall_latency', 'synthetic_catalogue', 'scale_check', 'quantize_user_tower',
+           'Catalogue', 'read_jsonl_events', 'FeedbackStore', 'feedback_sequences', 'finetune_from_feedback',
+           'ServeConfig', 'RecQuery', 'similarity_contributions', 'occluded_histories', 'top_contributors',
+           'RecommendationService', 'MicroBatcher', 'AnswerCache', 'BodySizeLimit', 'RecommendRequest', 'SearchRequest',
+           'FeedbackRequest', 'ErrorAnswer', 'ItemReason', 'ItemAnswer', 'RecommendAnswer', 'SearchAnswer',
+           'ItemDetail', 'FeedbackAnswer', 'out_of_range_integer', 'validation_message', 'RecommendFastPath',
+           'make_app', 'worker_app', 'run_server', 'free_port', 'call', 'BackgroundServer', 'load_test',
+           'plot_latency_histogram', 'read_user_ids', 'check_output', 'write_table', 'recommend_to_file', 'export_onnx',
+           'OnnxRecommender', 'onnx_parity']
 
 # %% ../nbs/06_serving.ipynb #d6e30330
 class ServingError(ValueError):
@@ -1213,3 +1218,197 @@ def plot_latency_histogram(runs: dict[str, np.ndarray], title: str = "request la
     ax.set(xscale="log", xlabel="latency, ms (log scale); dashed p50, dotted p99", ylabel="requests", title=title)
     ax.legend()
     return fig
+
+# %% ../nbs/06_serving.ipynb #f76004af
+def read_user_ids(path) -> list[str]:
+    """The user ids in a `--users` file: one id per line, or a CSV whose header has a `user` column. Blank lines are
+    skipped; a file with no ids, a CSV without that column, or a row of the wrong width is an error naming the file."""
+    import csv
+
+    path = Path(path)
+    try: rows = [row for row in csv.reader(path.read_text(encoding="utf-8").splitlines()) if any(c.strip() for c in row)]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise ServingError(f"{path}: cannot read the user file ({error})", "users") from None
+    if rows and (len(rows[0]) > 1 or rows[0][0].strip() == "user"):  # a header
+        header = [c.strip() for c in rows[0]]
+        if "user" not in header: raise ServingError(f"{path}: a CSV user file needs a 'user' column; it has {header}", "users")
+        for line, row in enumerate(rows[1:], start=2):
+            if len(row) != len(header): raise ServingError(f"{path}, row {line}: {len(row)} fields, the header has {len(header)}", "users")
+        rows = [[row[header.index("user")]] for row in rows[1:]]
+    elif any(len(row) > 1 for row in rows):
+        raise ServingError(f"{path}: one user id per line, or a CSV with a 'user' column in its header", "users")
+    ids = [row[0].strip() for row in rows if row[0].strip()]
+    if not ids: raise ServingError(f"{path}: no user ids in the file", "users")
+    return ids
+
+
+def check_output(out) -> Path:
+    "The checks `write_table` makes before writing: a known format, an existing folder, pyarrow for Parquet."
+    out = Path(out)
+    if out.suffix not in (".parquet", ".csv"): raise ServingError(f"{out}: the output must end in .parquet or .csv", "out")
+    if not out.parent.is_dir(): raise ServingError(f"{out.parent}: no such folder for the output", "out")
+    if out.suffix == ".parquet":
+        try: import pyarrow  # noqa: F401
+        except ImportError: raise ServingError(f"{out}: Parquet needs pyarrow (pip install pyarrow); or write a .csv",
+                                               "out") from None
+    return out
+
+
+def write_table(frame: pd.DataFrame, out) -> Path:
+    """`frame` to `out`: Parquet for `.parquet` (through pyarrow), CSV for `.csv`; written to a temporary file in the
+    same folder and renamed into place, so a reader never sees half a file. The folder must exist."""
+    out = check_output(out)
+    with atomic_write(out, "wb") as f:
+        if out.suffix == ".parquet": frame.to_parquet(f, index=False)
+        else: frame.to_csv(f, index=False)
+    return out
+
+
+def recommend_to_file(model_dir, out, users="all", k: int = 20, exclude_seen: bool = True, skip_unknown: bool = False,
+                      dataset=None, batch_size: int = 2048, progress: bool = False) -> dict:
+    """What `recbook recommend` runs: top-`k` per user, by the shop's ids, from each user's whole history, written to
+    `out` in one piece (`write_table`). `users`: "all", a list of ids, or a file of ids (`read_user_ids`). Unknown ids
+    are an error that lists them, or with `skip_unknown` are left out and counted. `dataset`, if given, must be the
+    data the model was trained on. Returns what was written: users, rows, skipped ids, seconds."""
+    from tqdm.auto import tqdm
+
+    from recbook.training import check_trained_on, load_trained
+
+    started = time.perf_counter()
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ServingError(f"k must be a positive integer, got {k!r}", "k")
+    check_output(out)  # a bad --out fails before the work, not after it
+    wanted = (None if isinstance(users, str) and users == "all" else read_user_ids(users) if isinstance(users, (str, Path))
+              else [str(u) for u in users])
+    model = load_trained(model_dir)
+    if dataset is not None: check_trained_on(model_dir, model.model, load_dataset(dataset))
+    model.model.freeze_items()  # the item tower once, not once per batch: the weights will not change
+    if k > model.dataset.n_items: raise ServingError(f"k must be at most the {model.dataset.n_items:,} items, got {k}", "k")
+    everyone = [str(u) for u in model.dataset.user_ids]
+    if wanted is None: wanted = everyone
+    known = set(everyone)
+    unknown = [u for u in wanted if u not in known]
+    if unknown and not skip_unknown:
+        shown = ", ".join(map(repr, unknown[:10])) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+        raise ServingError(f"unknown user(s) {shown} ({len(unknown)} of the {len(wanted)} given; --skip-unknown leaves "
+                           "them out)", "users")
+    wanted = [u for u in wanted if u in known]
+    if not wanted: raise ServingError(f"none of the {len(unknown)} users given is known to the model", "users")
+    frames = []
+    with tqdm(total=len(wanted), unit="user", disable=not progress, desc="recommend") as bar:
+        for start in range(0, len(wanted), batch_size):
+            frames.append(model.recommend_users(wanted[start:start + batch_size], k, exclude_seen))
+            bar.update(min(batch_size, len(wanted) - start))
+    frame = pd.concat(frames, ignore_index=True)
+    write_table(frame, out)
+    return {"out": str(out), "users": len(wanted), "skipped_unknown": len(unknown), "rows": len(frame), "k": k,
+            "seconds": round(time.perf_counter() - started, 2)}
+
+# %% ../nbs/06_serving.ipynb #45e91ab3
+ONNX_MODEL, ONNX_ITEMS, ONNX_META = "user_tower.onnx", "item_vectors.npy", "onnx.json"
+
+
+class _UserTowerGraph(nn.Module):
+    "History ids [B, L] (right-aligned, 0 = padding) -> the user vector after the newest item [B, d]: what ONNX runs."
+
+    def __init__(self, network):
+        super().__init__()
+        self.network = network
+
+    def forward(self, history): return self.network.encode(history)[:, -1]
+
+
+def export_onnx(model_dir, out_dir) -> Path:
+    """What `recbook export --onnx` runs: the user tower as ONNX, the item vectors as NumPy, and `onnx.json`. Each file
+    is written under a temporary name and renamed when complete; the folder is created if need be."""
+    import logging
+
+    import torch.onnx
+
+    model = load_recommender(model_dir)
+    if not isinstance(model, TwoTowerRecommender):
+        raise ServingError(f"{model_dir}: a {model.kind} model has no user tower to export (twotower or sasrec)", "model")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    network = copy.deepcopy(model.network).cpu().eval()
+    length = network.config.max_length
+    example = torch.randint(1, network.n_items + 1, (2, length))
+    example[0, : length // 2] = 0  # padding in the example: the graph must not specialise on full histories
+    shapes = ({0: torch.export.Dim("batch"), 1: torch.export.Dim("length", max=length)},)
+    # the exporter reports each of its passes on stdout, and warns about operators this model does not use
+    with (tempfile.TemporaryDirectory(dir=out_dir) as tmp, contextlib.redirect_stdout(io.StringIO()),
+          warnings.catch_warnings()):
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        program = torch.onnx.export(_UserTowerGraph(network), (example,), input_names=["history"], output_names=["user"],
+                                    dynamic_shapes=shapes, dynamo=True, verbose=False)
+        program.save(str(Path(tmp) / ONNX_MODEL))
+        os.replace(Path(tmp) / ONNX_MODEL, out_dir / ONNX_MODEL)
+    with atomic_write(out_dir / ONNX_ITEMS, "wb") as f: np.save(f, model.item_vectors().astype(np.float32))
+    keys = Catalogue(load_dataset(model.dataset).items).keys
+    with atomic_write(out_dir / ONNX_META) as f:
+        json.dump({"format": 1, "kind": model.kind, "dataset": model.dataset, "max_length": length,
+                   "hidden": network.config.hidden, "similarity": network.config.similarity, "n_items": network.n_items,
+                   "items": list(map(str, keys))}, f)
+    return out_dir
+
+
+class OnnxRecommender:
+    "The exported files on ONNX Runtime alone: user vectors and top-k by item id, no PyTorch involved."
+
+    def __init__(self, folder, threads: int = 1):
+        import onnxruntime
+
+        folder = Path(folder)
+        for name in (ONNX_MODEL, ONNX_ITEMS, ONNX_META):
+            if not (folder / name).is_file(): raise ServingError(f"{folder}: no {name} (write it with recbook export)", "model")
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(str(folder / ONNX_MODEL), options, providers=["CPUExecutionProvider"])
+        self.items = np.load(folder / ONNX_ITEMS)
+        self.meta = json.loads((folder / ONNX_META).read_text())
+
+    def user_vectors(self, histories) -> np.ndarray:
+        "[len(histories), d] for non-empty histories of item ids, oldest first (longer ones keep their newest items)."
+        length = min(max(len(h) for h in histories), self.meta["max_length"])
+        batch = np.zeros((len(histories), length), dtype=np.int64)
+        for row, history in enumerate(histories):
+            history = np.asarray(history, dtype=np.int64)[-length:]
+            batch[row, length - len(history):] = history
+        return self.session.run(None, {"history": batch})[0]
+
+    def top_k(self, histories, k: int = 10, exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        "(item ids [B, k], scores [B, k]), best first."
+        scores = self.user_vectors(histories) @ self.items.T
+        scores[:, 0] = -np.inf
+        if exclude_seen:
+            for row, history in enumerate(histories): scores[row, np.asarray(history)] = -np.inf
+        ids = np.argpartition(-scores, k, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(scores, ids, 1), axis=1, kind="stable")
+        ids = np.take_along_axis(ids, order, 1)
+        return ids, np.take_along_axis(scores, ids, 1)
+
+
+def onnx_parity(model: TwoTowerRecommender, onnx_model: OnnxRecommender, histories, k: int = 10,
+                tolerance: float = 1e-4, batch_size: int = 2048) -> dict:
+    """Do PyTorch and ONNX Runtime give the same top-k for these histories? Each user's list must be identical or differ
+    only by items whose scores are within `tolerance` of each other (the two runtimes sum in different orders)."""
+    same, worst = [], 0.0
+    for start in range(0, len(histories), batch_size):
+        chunk = list(histories[start:start + batch_size])
+        with torch.no_grad():
+            scores = model(np.arange(len(chunk)), chunk).float()
+            scores[:, 0] = -torch.inf
+            scores[torch.as_tensor(history_mask(chunk, scores.shape[1]), device=scores.device)] = -torch.inf
+            torch_scores, torch_ids = (t.cpu().numpy() for t in scores.topk(k, dim=1))
+        onnx_ids, onnx_scores = onnx_model.top_k(chunk, k)
+        difference = np.abs(np.sort(onnx_scores, 1) - np.sort(torch_scores, 1)).max(1)
+        identical = (onnx_ids == torch_ids).all(1)
+        if not (identical | (difference <= tolerance)).all():
+            bad = int(np.flatnonzero(~(identical | (difference <= tolerance)))[0]) + start
+            raise ServingError(f"history {bad}: ONNX and PyTorch top-{k} differ beyond ties within {tolerance}", "model")
+        same.append(identical)
+        worst = max(worst, float(np.abs(onnx_scores - torch_scores).max()))
+    same = np.concatenate(same)
+    return {"users": len(same), "identical lists": float(same.mean()), "largest score difference": worst,
+            "tolerance": tolerance}

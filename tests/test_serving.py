@@ -587,3 +587,68 @@ def test_serve_exit_after_counts_from_the_loaded_model_and_exits_cleanly(sasrec_
     result = recbook("serve", "--model", sasrec_dir, "--port", free_port(), "--feedback", store, "--exit-after", 3)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "recbook serve:" in result.stdout and store.is_file() and not store.with_name(store.name + "-wal").exists()
+
+
+def test_recommend_writes_every_users_top_k_by_their_ids_and_refuses_bad_input(sasrec_dir, tmp_path):
+    "`recbook recommend`: all users, whole histories, no history item returned; bad input stops it with nothing written."
+    import pandas as pd
+
+    ds = load_dataset("beauty-tiny")
+    result = recbook("recommend", "--model", sasrec_dir, "--out", tmp_path / "all.parquet", "--k", 7, "--quiet")
+    assert result.returncode == 0, result.stderr[-2000:]
+    recs = pd.read_parquet(tmp_path / "all.parquet")
+    assert list(recs.columns) == ["user", "rank", "item", "id", "title", "score"] and len(recs) == ds.n_users * 7
+    assert set(recs.user.astype(str)) == set(map(str, ds.user_ids)) and (recs.groupby("user")["rank"].max() == 7).all()
+    histories = {str(u): set(s.tolist()) for u, s in zip(ds.user_ids, ds.sequences)}  # train + valid + test items
+    assert not any(item in histories[str(user)] for user, item in zip(recs.user, recs.id))
+    assert (recs.groupby("user")["score"].diff().dropna() <= 0).all()
+    asins = dict(zip(range(1, ds.n_items + 1), ds.items["asin"].astype(str)))
+    assert all(asins[i] == a for i, a in zip(recs.id, recs.item)), "the shop's item ids"
+
+    users = [str(u) for u in ds.user_ids[:2]]
+    (tmp_path / "users.txt").write_text(f"{users[0]}\n\nnobody\n{users[1]}\n")
+    unknown = recbook("recommend", "--model", sasrec_dir, "--users", tmp_path / "users.txt", "--out", tmp_path / "u.csv")
+    assert unknown.returncode == 2 and "'nobody'" in unknown.stderr and "1 of the 3" in unknown.stderr
+    skipped = recbook("recommend", "--model", sasrec_dir, "--users", tmp_path / "users.txt", "--out", tmp_path / "u.csv",
+                      "--skip-unknown", "--k", 3, "--quiet")
+    assert skipped.returncode == 0 and "1 unknown ids skipped" in skipped.stdout
+    assert sorted(set(pd.read_csv(tmp_path / "u.csv", dtype={"user": str}).user)) == sorted(users)
+    (tmp_path / "empty.txt").write_text("\n \n")
+    for args, words in [(["--users", tmp_path / "empty.txt"], ["empty.txt", "no user ids"]),
+                        (["--k", "0"], ["--k", "positive integer"]),
+                        (["--k", 10**6], ["at most", "items"]),
+                        (["--out", tmp_path / "missing" / "r.csv"], ["missing", "no such folder"]),
+                        (["--out", tmp_path / "r.xlsx"], [".parquet or .csv"])]:
+        bad = recbook("recommend", "--model", sasrec_dir, "--out", tmp_path / "bad.csv", *args)
+        assert bad.returncode == 2 and all(w in bad.stderr for w in map(str, words)), (args, bad.stderr[-500:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.parquet", "empty.txt", "u.csv", "users.txt"], \
+        "nothing half-written, no temporary files left"
+
+
+def test_onnx_user_tower_gives_pytorchs_top_10_for_every_beauty_user(tmp_path):
+    """The exported graph on ONNX Runtime against PyTorch, for all 22,363 Beauty users' whole histories (an untrained
+    SASRec of the smoke size: the export, not the accuracy, is under test), within the stated score tolerance."""
+    from recbook.serving import OnnxRecommender, export_onnx, onnx_parity
+    from recbook.towers import SASRecRecommender
+    from recbook.training import SMOKE_TOWERS, build_network
+
+    beauty = load_dataset("beauty")
+    SASRecRecommender(build_network("sasrec", beauty, SMOKE_TOWERS, seed=0), "beauty").save(tmp_path / "model")
+    result = recbook("export", "--model", tmp_path / "model", "--onnx", tmp_path / "onnx")
+    assert result.returncode == 0 and "user_tower.onnx" in result.stdout, result.stderr[-2000:]
+    assert not result.stderr.strip(), "the exporter's progress and warnings stay out of the output"
+    parity = onnx_parity(load_recommender(tmp_path / "model"), OnnxRecommender(tmp_path / "onnx"), list(beauty.sequences))
+    assert parity["users"] == 22_363 and parity["largest score difference"] <= parity["tolerance"] == 1e-4
+    assert parity["identical lists"] > 0.99
+    assert json.loads((tmp_path / "onnx" / "onnx.json").read_text())["items"][:1] == [beauty.items["asin"].iloc[0]]
+
+
+def test_onnx_export_of_the_two_tower_model_with_its_text_tower(twotower_dir, tmp_path):
+    from recbook.serving import OnnxRecommender, export_onnx, onnx_parity
+
+    export_onnx(twotower_dir, tmp_path / "onnx")
+    tiny = load_dataset("beauty-tiny")
+    parity = onnx_parity(load_recommender(twotower_dir), OnnxRecommender(tmp_path / "onnx"), list(tiny.sequences))
+    assert parity["users"] == tiny.n_users and parity["identical lists"] == 1.0
+    with pytest.raises(ServingError, match="no user_tower.onnx"):
+        OnnxRecommender(tmp_path)
