@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 DIRECTIVE_LINE = re.compile(r"^\s*#\s*\|")  # nbdev's `_dir_pre('python')`
 CELL_MAGIC = re.compile(r"^\s*%%\w+")
@@ -110,6 +111,14 @@ def _on_source_read(app, docname: str, source: list[str]) -> None:
     source[0] = json.dumps(convert_notebook(json.loads(source[0])), ensure_ascii=False)
 
 
+def _add_static(app):
+    "The site's own CSS (code lines wrap) and JS (counts code cells that would still scroll sideways, for the tests)."
+    app.config.html_static_path.append(str(Path(__file__).parent / "static"))
+
+
 def setup(app):
     app.connect("source-read", _on_source_read)
+    app.connect("builder-inited", _add_static)
+    app.add_css_file("recbook.css")
+    app.add_js_file("recbook.js")
     return {"version": "1.1", "parallel_read_safe": True, "parallel_write_safe": True}

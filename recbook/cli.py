@@ -69,7 +69,8 @@ def quickstart(args) -> None:
 
     transformers_logging.disable_progress_bar()  # the weights load in a second: no bar for it in the job's output
     print(f"\n== 2. pretrained language model: MiniLM (a 6-layer BERT sentence encoder) reads {ds.n_items:,} item texts")
-    vectors = catalogue_text_vectors(ds.items["text"].tolist(), "minilm", device=device)
+    with torch.inference_mode():  # encoding only: no autograd bookkeeping (the vectors are the same numbers)
+        vectors = catalogue_text_vectors(ds.items["text"].tolist(), "minilm", device=device)
     seconds["text vectors"] = round(time.perf_counter() - started - seconds["data"], 1)
     print(f"{vectors.shape[0] - 1:,} text vectors of {vectors.shape[1]} dimensions, cached for the next run "
           f"({seconds['text vectors']:.0f} s)")

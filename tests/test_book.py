@@ -59,6 +59,7 @@ def browse(page: Path, tmp_path: Path) -> str:
     profile = tmp_path / f"profile-{page.stem}"
     result = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                             "--virtual-time-budget=5000",  # the page's load handlers run before the dump
                              f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "<html" in result.stdout, result.stderr[-3000:]
@@ -107,6 +108,12 @@ def test_every_chapter_page_opens_in_colab_and_hides_directives(site, tmp_path, 
     dom = browse(site / f"{name}.html", tmp_path)
     assert COLAB.format(name) in dom
     assert no_directives_shown(dom, ROOT / f"{name}.ipynb") == []
+    # the layout the browser computed: every code line fits or wraps (the site's recbook.js counts the cells that
+    # would still scroll sideways), and no progress bar or other stderr noise was stored with the outputs
+    clipped = re.search(r'data-clipped-code-cells="(\d+)"', dom)
+    assert clipped is not None and clipped.group(1) == "0", "code cells that scroll sideways"
+    noise = re.findall(r".*(?:\d+%\|[#█▏▎▍▌▋▊▉ ]*\||it/s\]|Loading weights|Writing model shards).*", visible_text(dom))
+    assert noise == [], noise[:3]
 
 
 def test_front_page_renders(site, tmp_path):
