@@ -3,7 +3,7 @@
 Colab gives a Python with its own CUDA torch, IPython and nothing of this project. The simulation: a fresh virtual
 environment holding only a torch and a notebook runner (execnb, which runs cells in IPython, as Colab does), with
 `google.colab` importable, so each notebook's first code cell takes its Colab branch and installs the package —
-pointed at this checkout through RECBOOK_SOURCE instead of GitHub. Each notebook is copied to a folder of its own,
+pointed through RECBOOK_SOURCE at a wheel built from this checkout instead of GitHub. Each notebook is copied to a folder of its own,
 away from the repository (no settings.ini above it, as on Colab), and run top to bottom in smoke mode. The test fails
 if a cell fails, if the install replaces the runtime's torch, or if a notebook imports the package before installing
 it. This is also the suite's smoke run of every notebook."""
@@ -57,6 +57,10 @@ def colab(tmp_path_factory) -> Path:
     bare = subprocess.run([str(python), "-c", "import recbook"], capture_output=True, text=True, cwd=home)
     assert bare.returncode != 0 and "No module named 'recbook'" in bare.stderr, "nothing of the project in the runtime"
     (home / "runner.py").write_text(RUNNER)
+    # the package as the install cells get it: built once from this checkout (pip on Colab builds it from GitHub)
+    built = subprocess.run([str(python), "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(home / "dist"), str(ROOT)],
+                           capture_output=True, text=True, timeout=600, cwd=home)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     return python
 
 
@@ -70,7 +74,8 @@ def test_notebook_runs_on_a_fresh_colab_runtime(colab, path, tmp_path):
     shutil.copy(path, folder / path.name)
     if (ROOT / "nbs" / "images").is_dir(): shutil.copytree(ROOT / "nbs" / "images", folder / "images")
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
-    env.update(RECBOOK_MODE="smoke", RECBOOK_SOURCE=str(ROOT), HF_HUB_OFFLINE="1", MPLBACKEND="Agg",
+    wheel = next((colab.parents[2] / "dist").glob("recbook-*.whl"))
+    env.update(RECBOOK_MODE="smoke", RECBOOK_SOURCE=str(wheel), HF_HUB_OFFLINE="1", MPLBACKEND="Agg",
                PATH=f"{colab.parent}:{env['PATH']}")
     result = subprocess.run([str(colab), str(colab.parents[2] / "runner.py"), str(folder / path.name)], cwd=folder,
                             env=env, capture_output=True, text=True, timeout=1800)
