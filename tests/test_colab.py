@@ -1,7 +1,7 @@
 """Every notebook as a reader meets it on a fresh Colab runtime, simulated here in smoke mode.
 
 Colab gives a Python with its own CUDA torch, IPython and nothing of this project. The simulation: a fresh virtual
-environment holding only a torch and a notebook runner (execnb, which runs cells in IPython, as Colab does), with
+environment holding only torch, numpy and a notebook runner (execnb, which runs cells in IPython, as Colab does), with
 `google.colab` importable, so each notebook's first code cell takes its Colab branch and installs the package —
 pointed through RECBOOK_SOURCE at a wheel built from this checkout instead of GitHub. Each notebook is copied to a folder of its own,
 away from the repository (no settings.ini above it, as on Colab), and run top to bottom in smoke mode. The test fails
@@ -21,17 +21,16 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "nbs").glob("*.ipynb"))
 
 RUNNER = textwrap.dedent('''
+    import importlib.metadata
     import sys
     import google.colab  # noqa: F401  (what makes a notebook's install cell take its Colab branch)
-    import torch
     from execnb.nbio import read_nb
     from execnb.shell import CaptureShell
 
-    before = torch.__version__
+    before = importlib.metadata.version("torch")  # not imported here: the notebook imports it, as on Colab
     path = sys.argv[1]
     shell = CaptureShell(path)
     shell.run_all(read_nb(path), exc_stop=True)
-    import importlib.metadata
     after = importlib.metadata.version("torch")
     assert after == before, f"the install cell replaced the runtime's torch {before} with {after}"
     print("ran every cell; torch", after)
@@ -40,13 +39,14 @@ RUNNER = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def colab(tmp_path_factory) -> Path:
-    "The simulated runtime's python: a fresh venv with torch (the tested CPU build) and execnb, nothing of the project."
+    "The simulated runtime's python: a fresh venv with torch (the tested CPU build), numpy and execnb, nothing of the project."
     home = tmp_path_factory.mktemp("colab")
     subprocess.run([sys.executable, "-m", "venv", str(home / "venv")], check=True, timeout=300)
     python = home / "venv" / "bin" / "python"
     pins = [line.split("#")[0].strip() for line in (ROOT / "settings.ini").read_text().splitlines()
             if line.startswith("dev_requirements")][0].split("=", 1)[1].split()
-    wanted = ["torch"] + [p for p in pins if p.split("==")[0] in ("execnb", "fastcore")] + ["ipython"]
+    # Colab's runtime: its torch, numpy (which torch binds to when it is imported), IPython; and the notebook runner
+    wanted = ["torch", "numpy"] + [p for p in pins if p.split("==")[0] in ("execnb", "fastcore")] + ["ipython"]
     result = subprocess.run([str(python), "-m", "pip", "install", "-q", *wanted, "-c", str(ROOT / "constraints-cpu.txt")],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
