@@ -21,10 +21,10 @@ from .data import Dataset, Split, atomic_write
 
 # %% auto #0
 __all__ = ['TIE_RULES', 'ScoreFn', 'RECOMMENDER_FILE', 'RECOMMENDERS', 'LATER_CHAPTERS', 'EvaluationError', 'default_device',
-           'target_ranks', 'accuracy_metrics', 'history_mask', 'scored_batches', 'evaluate_full', 'top_k_lists',
-           'sample_negatives', 'evaluate_sampled', 'ctr_at_k', 'auc', 'gauc', 'log_loss', 'popularity_impressions',
-           'impression_scores', 'platt_scaling', 'calibration_table', 'catalog_coverage', 'item_coverage',
-           'distributional_coverage', 'shannon_entropy', 'gini_index', 'novelty', 'average_popularity',
+           'target_ranks', 'accuracy_metrics', 'history_cells', 'history_mask', 'scored_batches', 'evaluate_full',
+           'top_k_lists', 'sample_negatives', 'evaluate_sampled', 'ctr_at_k', 'auc', 'gauc', 'log_loss',
+           'popularity_impressions', 'impression_scores', 'platt_scaling', 'calibration_table', 'catalog_coverage',
+           'item_coverage', 'distributional_coverage', 'shannon_entropy', 'gini_index', 'novelty', 'average_popularity',
            'long_tail_share', 'cooccurrence_similarity', 'intra_list_diversity', 'serendipity', 'category_similarity',
            'embedding_similarity', 'register_recommender', 'MostPopular', 'ItemKNN', 'save_recommender',
            'load_recommender', 'evaluate_recommender', 'fit_baseline', 'plot_accuracy_vs_coverage',
@@ -43,32 +43,52 @@ def default_device() -> torch.device:
 TIE_RULES = ("pessimistic", "optimistic", "expected")
 
 # %% ../nbs/05_evaluation.ipynb #69909826
+def _count_rivals(scores: torch.Tensor, target_scores: torch.Tensor, strict: bool) -> torch.Tensor:
+    "Per row, the columns scoring above (`strict`) or at least as high as the row's target score: float [rows]."
+    if scores.device.type == "cpu" and scores.dtype == torch.float32:  # numpy counts booleans several times faster
+        s, t = scores.numpy(), target_scores.numpy()
+        return torch.from_numpy(np.count_nonzero(s > t if strict else s >= t, axis=1).astype(np.float32))
+    return (scores > target_scores if strict else scores >= target_scores).sum(1, dtype=torch.float32)
+
+
 def target_ranks(scores, targets, exclude=None, ties: str = "pessimistic") -> torch.Tensor:
     """0-based rank of each row's target among that row's candidates (see the tie rules above).
 
-    `scores`: [rows, items] floats; `targets`: [rows] column indices; `exclude`: optional [rows, items] bool mask of
-    columns that are not candidates (history, padding). The target itself is never excluded nor its own rival."""
+    `scores`: [rows, items] floats; `targets`: [rows] column indices; `exclude`: the columns that are not candidates
+    (history, padding), either a [rows, items] bool mask or, cheaper when they are few, a pair (row indices, column
+    indices) naming each excluded cell once. The target itself is never excluded nor its own rival."""
     scores = torch.as_tensor(scores)
     if scores.ndim != 2: raise EvaluationError(f"scores must be a [rows, items] matrix, got shape {tuple(scores.shape)}")
     targets = torch.as_tensor(targets, dtype=torch.long, device=scores.device)
     if targets.shape != (scores.shape[0],):
         raise EvaluationError(f"targets must have one entry per score row ({scores.shape[0]}), got {tuple(targets.shape)}")
     if ties not in TIE_RULES: raise EvaluationError(f"ties must be one of {TIE_RULES}, got {ties!r}")
-    if len(targets) and (targets.min() < 0 or targets.max() >= scores.shape[1]):
+    if len(targets) == 0: return torch.zeros(0, device=scores.device)
+    if targets.min() < 0 or targets.max() >= scores.shape[1]:
         raise EvaluationError(f"target ids must lie in 0..{scores.shape[1] - 1}")
-    if torch.isnan(scores).any():
+    if torch.isnan(scores.max()):  # max propagates NaN: one pass, where a full isnan mask would take two
         raise EvaluationError(f"scores contain NaN in rows {torch.isnan(scores).any(1).nonzero().flatten()[:5].tolist()}")
-    excluded = (torch.zeros_like(scores, dtype=torch.bool) if exclude is None
-                else torch.as_tensor(exclude, device=scores.device).scatter(1, targets[:, None], False))
-    masked = scores.masked_fill(excluded, -torch.inf)  # one pass instead of and-ing a candidate mask twice
     target_scores = scores.gather(1, targets[:, None])
-    if ties == "optimistic": return (masked > target_scores).sum(1).float()
-    at_least = (masked >= target_scores).sum(1).float() - 1  # the target is never its own rival
-    minus_inf = torch.isneginf(target_scores[:, 0])
-    if minus_inf.any():  # a -inf target also ties with the masked (excluded) columns: take those back out
-        at_least[minus_inf] -= excluded[minus_inf].sum(1).float()
-    if ties == "pessimistic": return at_least
-    return ((masked > target_scores).sum(1).float() + at_least) / 2
+    if exclude is not None:  # a row's rank counts rivals in the whole row, then takes the excluded ones back out
+        if isinstance(exclude, tuple):
+            rows, cols = (torch.as_tensor(i, dtype=torch.long, device=scores.device) for i in exclude)
+        else:
+            exclude = torch.as_tensor(exclude, dtype=torch.bool, device=scores.device)
+            if exclude.shape != scores.shape:
+                raise EvaluationError(f"exclude must have the scores' shape {tuple(scores.shape)}, got {tuple(exclude.shape)}")
+            rows, cols = exclude.nonzero(as_tuple=True)
+        kept = cols != targets[rows]  # the target itself is never excluded
+        rows, excluded_scores = rows[kept], scores[rows[kept], cols[kept]]
+
+    def rivals(strict: bool) -> torch.Tensor:
+        count = _count_rivals(scores, target_scores, strict).to(scores.device) - (0 if strict else 1)  # not its own rival
+        if exclude is None: return count
+        beaten = excluded_scores > target_scores[rows, 0] if strict else excluded_scores >= target_scores[rows, 0]
+        return count.index_add_(0, rows, beaten.float(), alpha=-1)
+
+    if ties == "optimistic": return rivals(strict=True)
+    if ties == "pessimistic": return rivals(strict=False)
+    return (rivals(strict=True) + rivals(strict=False)) / 2
 
 # %% ../nbs/05_evaluation.ipynb #a45c16b3
 def accuracy_metrics(ranks, owners, n_users: int, ks: Sequence[int] = (10,)) -> dict[str, float]:
@@ -97,22 +117,29 @@ def accuracy_metrics(ranks, owners, n_users: int, ks: Sequence[int] = (10,)) -> 
 ScoreFn = Callable[[np.ndarray, list], torch.Tensor]
 
 
-def history_mask(histories: Sequence[np.ndarray], n_columns: int, device=None) -> torch.Tensor:
-    "Bool [len(histories), n_columns]: True for each user's history items and for column 0 (padding)."
+def history_cells(histories: Sequence[np.ndarray], n_columns: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row indices, column indices) of each user's history items and of column 0 (padding), each cell once:
+    the sparse form of `history_mask`, which is what ranking and top-K need (a history is tiny next to a catalogue)."""
     lengths = [len(h) for h in histories]
     cols = np.concatenate(histories).astype(np.int64) if sum(lengths) else np.empty(0, dtype=np.int64)
     if len(cols) and (cols.min() < 1 or cols.max() >= n_columns):
         raise EvaluationError(f"history item ids must lie in 1..{n_columns - 1}, found {int(cols.min())}..{int(cols.max())}")
+    rows = np.repeat(np.arange(len(histories)), lengths)
+    cells = np.unique(np.concatenate([rows * n_columns + cols, np.arange(len(histories)) * n_columns]))  # + padding
+    return torch.as_tensor(cells // n_columns, device=device), torch.as_tensor(cells % n_columns, device=device)
+
+
+def history_mask(histories: Sequence[np.ndarray], n_columns: int, device=None) -> torch.Tensor:
+    "Bool [len(histories), n_columns]: True for each user's history items and for column 0 (padding)."
     mask = torch.zeros(len(histories), n_columns, dtype=torch.bool, device=device)
-    rows = torch.as_tensor(np.repeat(np.arange(len(histories)), lengths), device=device)
-    mask[rows, torch.as_tensor(cols, device=device)] = True
-    mask[:, 0] = True
+    mask[history_cells(histories, n_columns, device)] = True
     return mask
 
 
 def scored_batches(score_fn: ScoreFn, split: Split, part: str, exclude_history: bool = True,
                    batch_size: int = 1024, device=None):
-    "Yield (user rows, scores, exclusion mask) for every user with a target in `part`, a batch at a time."
+    """Yield (user rows, scores, excluded histories) for every user with a target in `part`, a batch at a time;
+    the excluded histories are empty when `exclude_history` is False (`history_cells` turns them into cells)."""
     device = torch.device(device) if device is not None else default_device()
     users, histories = split.users(part), split.history(part)
     width = None
@@ -127,8 +154,7 @@ def scored_batches(score_fn: ScoreFn, split: Split, part: str, exclude_history: 
             raise EvaluationError(f"score_fn must return [{len(rows)}, n_items + 1] scores (items up to id {largest_id}),"
                                   f" got shape {tuple(scores.shape)}")
         width = scores.shape[1]
-        mask = history_mask(batch_histories if exclude_history else [[]] * len(rows), width, device)
-        yield rows, scores, mask
+        yield rows, scores, batch_histories if exclude_history else [np.empty(0, np.int64)] * len(rows)
 
 # %% ../nbs/05_evaluation.ipynb #dd967114
 def evaluate_full(score_fn: ScoreFn, split: Split, part: str = "test", ks: Sequence[int] = (10,),
@@ -137,18 +163,20 @@ def evaluate_full(score_fn: ScoreFn, split: Split, part: str = "test", ks: Seque
     "Full-ranking HR/NDCG/MRR/Recall@K of `score_fn` on `part`: every target against every item not excluded."
     ranks, owners = [], []
     seen = 0
-    for rows, scores, mask in scored_batches(score_fn, split, part, exclude_history, batch_size, device):
+    for rows, scores, excluded in scored_batches(score_fn, split, part, exclude_history, batch_size, device):
         targets = [split.targets(part)[u] for u in rows]
         counts = np.array([len(t) for t in targets])
         pair_row = np.repeat(np.arange(len(rows)), counts)
-        pair_item = torch.as_tensor(np.concatenate(targets).astype(np.int64), device=scores.device)
-        if pair_item.max() >= scores.shape[1]:
+        pair_item = np.concatenate(targets).astype(np.int64)
+        if pair_item.max() >= scores.shape[1]:  # checked on the host: on a GPU, a check there would wait for it
             raise EvaluationError(f"target item {int(pair_item.max())} is outside the {scores.shape[1]} scored columns")
+        pair_item = torch.as_tensor(pair_item, device=scores.device)
         if (counts == 1).all():  # leave-one-out: one target per row, no need to copy rows
-            r = target_ranks(scores, pair_item, mask, ties)
+            r = target_ranks(scores, pair_item, history_cells(excluded, scores.shape[1], scores.device), ties)
         else:
             index = torch.as_tensor(pair_row, device=scores.device)
-            r = target_ranks(scores[index], pair_item, mask[index], ties)
+            cells = history_cells([excluded[i] for i in pair_row], scores.shape[1], scores.device)
+            r = target_ranks(scores[index], pair_item, cells, ties)
         ranks.append(r.cpu().numpy())
         owners.append(seen + pair_row)
         seen += len(rows)
@@ -163,11 +191,14 @@ def top_k_lists(score_fn: ScoreFn, split: Split, part: str = "test", k: int = 10
     "The `k` best items for every user with a target in `part`, as an int array [users, k]; history excluded."
     if k <= 0: raise EvaluationError(f"K must be positive, got {k}")
     lists = []
-    for rows, scores, mask in scored_batches(score_fn, split, part, exclude_history, batch_size, device):
-        available = int((~mask).sum(1).min())
+    for rows, scores, excluded in scored_batches(score_fn, split, part, exclude_history, batch_size, device):
+        cells = history_cells(excluded, scores.shape[1])
+        available = scores.shape[1] - int(np.bincount(cells[0].numpy(), minlength=len(rows)).max())
         if k > available:
             raise EvaluationError(f"K={k} is larger than the {available} items some user can be recommended")
-        lists.append(scores.masked_fill(mask, -torch.inf).topk(k, dim=1).indices.cpu().numpy())
+        # out of place: a score function may hand back a tensor it keeps (a cached or broadcast row)
+        scores = scores.index_put(tuple(c.to(scores.device) for c in cells), torch.tensor(-torch.inf, device=scores.device))
+        lists.append(scores.topk(k, dim=1).indices.cpu().numpy())
     return np.concatenate(lists) if lists else np.empty((0, k), dtype=np.int64)
 
 # %% ../nbs/05_evaluation.ipynb #c75591a6

@@ -13,7 +13,7 @@ from recbook.data import leave_one_out, load_dataset, temporal_split
 from recbook.evaluation import (EvaluationError, ItemKNN, MostPopular, accuracy_metrics, auc, average_popularity,
                                 catalog_coverage, category_similarity, cooccurrence_similarity, distributional_coverage,
                                 evaluate_full, evaluate_recommender, evaluate_sampled, fit_baseline, gauc, gini_index,
-                                history_mask, intra_list_diversity, item_coverage, load_recommender, long_tail_share,
+                                history_cells, history_mask, intra_list_diversity, item_coverage, load_recommender, long_tail_share,
                                 novelty, sample_negatives, save_recommender, serendipity, shannon_entropy,
                                 target_ranks, top_k_lists)
 
@@ -104,6 +104,16 @@ def test_ranks_match_a_brute_force_count():
     for r, s, t, e in zip(ranks, scores.tolist(), targets.tolist(), exclude.tolist()):
         rivals = [x for j, x in enumerate(s) if j != t and not e[j]]
         assert r == sum(x >= s[t] for x in rivals)
+    for ties in ("pessimistic", "optimistic", "expected"):  # the sparse form of the same exclusions ranks the same
+        assert torch.equal(target_ranks(scores, targets, exclude.nonzero(as_tuple=True), ties),
+                           target_ranks(scores, targets, exclude, ties))
+
+
+def test_history_cells_are_the_history_mask_each_cell_once():
+    histories = [np.array([3, 3, 1]), np.array([], dtype=np.int64), np.array([5])]  # a repeat purchase, an empty one
+    rows, cols = history_cells(histories, 6)
+    assert list(zip(rows.tolist(), cols.tolist())) == [(0, 0), (0, 1), (0, 3), (1, 0), (2, 0), (2, 5)]
+    assert torch.equal(history_mask(histories, 6).nonzero(as_tuple=True)[1], cols)
 
 
 def test_constant_scores_get_no_credit():
