@@ -199,14 +199,20 @@ def encode_texts(model, tokenizer, texts, batch_size: int = 256, max_length: int
     "Mean-pooled last-layer vectors of a BERT-family model (`model.bert` for a MLM head, else the model), L2-normalised."
     device = torch.device(device) if device is not None else next(model.parameters()).device
     encoder = getattr(model, "bert", model).to(device).eval()
-    vectors = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(list(texts[start:start + batch_size]), truncation=True, max_length=max_length,
-                          padding=True, return_tensors="pt").to(device)
-        hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        weights = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        vectors.append(((hidden * weights).sum(1) / weights.sum(1)).float().cpu())
-    return torch.nn.functional.normalize(torch.cat(vectors), dim=1).numpy()
+    texts = list(texts)
+    # batches of similar length: a batch is padded to its longest text, so sorting cuts most of the padding
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
+    order = np.argsort(lengths, kind="stable")
+    vectors = torch.empty(len(texts), encoder.config.hidden_size)
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            chosen = order[start:start + batch_size]
+            batch = tokenizer([texts[i] for i in chosen], truncation=True, max_length=max_length,
+                              padding=True, return_tensors="pt").to(device)
+            hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            weights = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            vectors[torch.as_tensor(chosen)] = ((hidden * weights).sum(1) / weights.sum(1)).float().cpu()
+    return torch.nn.functional.normalize(vectors, dim=1).numpy()
 
 
 def tfidf_vectors(texts):
