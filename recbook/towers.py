@@ -324,15 +324,21 @@ class TwoTowerRecommender:
 
     @torch.no_grad()
     def user_tensor(self, histories, batch_size: int = 1024) -> torch.Tensor:
-        "User vectors after each (non-empty) history: [len(histories), d] on the model's device."
+        """User vectors after each history: [len(histories), d] on the model's device. An empty history (a user the
+        model knows nothing of, as a time-based split can give) gets the zero vector: every item scores 0 for it."""
         length, out = self.network.config.max_length, []
         for start in range(0, len(histories), batch_size):
-            ids = left_padded([np.asarray(h)[-length:] for h in histories[start:start + batch_size]], length)
-            first = int((ids != 0).any(0).float().argmax())  # drop all-padding columns: most histories are short
-            ids = ids[:, first:].to(self.device)
-            items = self.network.items(ids) if self._item_table is None else self._item_table[ids]
-            out.append(self.network._finish(self.network.user.newest(items, ids == 0)).float())
-        return torch.cat(out)
+            chunk = [np.asarray(h)[-length:] for h in histories[start:start + batch_size]]
+            known = torch.as_tensor([len(h) > 0 for h in chunk], dtype=torch.bool)
+            vectors = torch.zeros(len(chunk), self.network.config.hidden, device=self.device)
+            if known.any():
+                ids = left_padded([h for h in chunk if len(h)], length)
+                first = int((ids != 0).any(0).float().argmax())  # drop all-padding columns: most histories are short
+                ids = ids[:, first:].to(self.device)
+                items = self.network.items(ids) if self._item_table is None else self._item_table[ids]
+                vectors[known.to(self.device)] = self.network._finish(self.network.user.newest(items, ids == 0)).float()
+            out.append(vectors)
+        return torch.cat(out) if out else torch.zeros(0, self.network.config.hidden, device=self.device)
 
     @torch.no_grad()
     def item_tensor(self) -> torch.Tensor:
