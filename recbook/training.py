@@ -360,13 +360,13 @@ def train_model(kind: str, ds: Dataset, out_dir, towers: TowerConfig = FULL_TOWE
                **{k: float(history.loc[best_epoch, k]) for k in history.columns if k.startswith("valid")},
                **{f"test {k}": v for k, v in test.items() if k != "users"},
                **cold_start_metrics(recommender, split, ranks=ranks), "processes": _distributed()[1]}
-    if _distributed()[0] == 0:
+    if _distributed()[0] == 0:  # each file atomic; the run record last, so that it only exists beside a whole model
+        recommender.save(out_dir, extra={"training": asdict(training)})
         with atomic_write(out_dir / "history.csv") as f: history.to_csv(f)
         with atomic_write(out_dir / "metrics.json") as f: json.dump(metrics, f, indent=1)
         record = run_record(kind, ds, settings, training, history, metrics, ranks, device,
                             init_from=str(init_from) if init_from is not None else None)
         write_run_record(out_dir / RUN_RECORD, record)
-        recommender.save(out_dir, extra={"training": asdict(training)})
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
