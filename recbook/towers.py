@@ -242,9 +242,12 @@ class TwoTower(nn.Module):
         "Right-aligned item ids [B, L] -> user vectors after every position [B, L, d]."
         return self._finish(self.user(self.items(ids, drop_ids), ids == 0))
 
-    def forward(self, ids: torch.Tensor, drop_ids: torch.Tensor | None = None):
-        "(user vectors [B, L, d], item vectors [n_items + 1, d]): what one training step needs, in one call for DDP."
-        return self.encode(ids, drop_ids), self._finish(self.items.catalogue())
+    def forward(self, ids: torch.Tensor, drop_ids: torch.Tensor | None = None, candidates: torch.Tensor | None = None):
+        """(user vectors [B, L, d], item vectors): what one training step needs, in one call for DDP. The item vectors
+        are the whole catalogue's [n_items + 1, d], or with `candidates` (ids) only theirs [len(candidates), d]: a
+        sampled softmax never needs the rest, and its cost then does not grow with the catalogue."""
+        items = self.items.catalogue() if candidates is None else self.items(candidates)
+        return self.encode(ids, drop_ids), self._finish(items)
 
     def logits(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         "Scores of user vectors [N, d] against item vectors [M, d]: a dot product (or cosine) over the temperature."

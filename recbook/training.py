@@ -151,7 +151,7 @@ def fit(network: TwoTower, split: Split, config: TrainConfig, out_dir=None, devi
     scaler = torch.amp.GradScaler(enabled=needs_scaling)
     sampler = torch.Generator().manual_seed(config.seed + 1)  # ID dropout and random negatives
     counts = np.bincount(np.concatenate(sequences), minlength=network.n_items + 1).astype(np.float64)
-    item_probability = torch.as_tensor(counts / counts.sum(), dtype=torch.float32)
+    item_probability = torch.as_tensor(counts / counts.sum(), dtype=torch.float32, device=device)
 
     state = {"epoch": 1, "batch": 0, "step": 0, "history": [], "best": (-1.0, None, 0), "stale": 0, "sums": [0.0, 0.0]}
     checkpoint = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
@@ -198,15 +198,19 @@ def fit(network: TwoTower, split: Split, config: TrainConfig, out_dir=None, devi
                 chosen = (targets != 0).flatten().nonzero().squeeze(1)
                 inputs, drop = inputs.to(device, non_blocking=True), drop.to(device, non_blocking=True)
                 chosen, targets = chosen.to(device, non_blocking=True), targets.flatten()[chosen].to(device, non_blocking=True)
+                if config.loss == "sampled":
+                    negatives, log_q = mixed_negatives(targets, config.random_negatives, item_probability, sampler)
+                    # the item tower runs on the candidates alone; ids are renumbered 0..m-1 among them
+                    candidates, local = torch.unique(torch.cat([targets, negatives]), return_inverse=True)
                 with autocast:
-                    users, items = model(inputs, drop)
-                    users = users.flatten(0, 1)[chosen]
                     if config.loss == "full":  # every item but the padding id 0 is a candidate
-                        loss = full_softmax_loss(network.logits(users, items[1:]), targets)
+                        users, items = model(inputs, drop)
+                        loss = full_softmax_loss(network.logits(users.flatten(0, 1)[chosen], items[1:]), targets)
                     else:
-                        negatives, log_q = mixed_negatives(targets, config.random_negatives, item_probability, sampler)
-                        loss = sampled_softmax_loss(users, items, targets, negatives,
-                                                    log_q if config.log_q else None, network.config.temperature)
+                        users, items = model(inputs, drop, candidates=candidates)
+                        loss = sampled_softmax_loss(users.flatten(0, 1)[chosen], items, local[:len(targets)],
+                                                    local[len(targets):], log_q[candidates] if config.log_q else None,
+                                                    network.config.temperature)
                 scaler.scale(loss / config.accumulate).backward()
                 running += torch.stack([loss.detach().float() * len(chosen), torch.tensor(float(len(chosen)), device=device)])
             scaler.unscale_(optimiser)
