@@ -27,6 +27,17 @@ def test_gpu_suite_dry_run_plans_every_step_within_its_budget(tmp_path):
         sorted(p.name for p in (ROOT / "results" / "beauty").glob("*.json")), "committed records are copied first"
 
 
+def test_gpu_suite_benchmarks_only_plans_every_benchmark(tmp_path):
+    result = subprocess.run(["bash", str(ROOT / "bench" / "gpu_suite.sh"), "--dry-run", "--benchmarks-only", "--out",
+                             str(tmp_path)], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHON": sys.executable})
+    assert result.returncode == 0, result.stdout + result.stderr
+    plan = (tmp_path / "summary.txt").read_text().splitlines()
+    assert [line.split()[1] for line in plan if line.startswith("plan")] == \
+        ["bench-pretraining", "bench-evaluation", "bench-training", "bench-sampled-softmax"]
+    assert "recbook runs" not in result.stdout
+
+
 def test_gpu_suite_stops_with_a_clear_message_without_torch(tmp_path):
     if subprocess.run(["/usr/bin/python3", "-c", "import torch"], capture_output=True).returncode == 0:
         pytest.skip("this machine's system python has torch: no python without it to try")
