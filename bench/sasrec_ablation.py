@@ -10,13 +10,19 @@ cross-entropy; dropout 0.5, no weight decay, 200 epochs with patience 10 and bat
 - RecBole initialises every Linear layer from N(0, 0.02) with zero biases; the book keeps PyTorch's defaults for the
   transformer (Kaiming-uniform, std about 0.07 for 64 inputs) and uses N(0, 0.02) for embeddings only.
 
+- RecBole's position ids count from the oldest item of the (left-aligned) history, and each prefix of a training
+  sequence is an example of its own that is scored at its last position: a user with k items is always read at
+  position k - 1. The book's count back from the newest item (right-aligned): in training, the output at position
+  49 is scored once per sequence (its last item), while inference reads every user there
+  (variant `oldest-positions` counts from the oldest instead).
+
 This script patches a network built by the library (the library is unchanged, so committed run records stay
 current), trains each variant with chapter 4's loop and defaults, and writes one JSON per variant to
 results/sasrec-ablation/ after every epoch (a run cut short still leaves its history). Variants can run in parallel,
 one process each, on one GPU.
 
     python bench/sasrec_ablation.py VARIANT [--seed 0] [--epochs 30] [--dataset beauty] [--out results/sasrec-ablation]
-    VARIANT: base | init | init-d0.5 | postnorm-init-d0.5 | postnorm-init | postnorm-d0.5
+    VARIANT: base | init | init-d0.5 | postnorm-init-d0.5 | postnorm-init | postnorm-d0.5 | oldest-positions
 """
 from __future__ import annotations
 
@@ -32,12 +38,13 @@ from torch import nn
 from benchlib import provenance
 from recbook.data import atomic_write, leave_one_out, load_dataset
 from recbook.evaluation import default_device, evaluate_full
-from recbook.towers import Block, TwoTowerRecommender
+from recbook.towers import Block, TwoTowerRecommender, UserTower, causal_padding_mask
 from recbook.training import FULL_TOWERS, FULL_TRAINING, build_network, dataset_fingerprint, fit, library_code_hash
 
-VARIANTS = {  # name: (post-norm blocks, RecBole's N(0, 0.02) initialisation, dropout)
-    "base": (False, False, 0.3), "init": (False, True, 0.3), "init-d0.5": (False, True, 0.5),
-    "postnorm-init-d0.5": (True, True, 0.5), "postnorm-init": (True, True, 0.3), "postnorm-d0.5": (True, False, 0.5),
+VARIANTS = {  # name: (post-norm blocks, RecBole's N(0, 0.02) initialisation, dropout, positions from the oldest item)
+    "base": (False, False, 0.3, False), "init": (False, True, 0.3, False), "init-d0.5": (False, True, 0.5, False),
+    "postnorm-init-d0.5": (True, True, 0.5, False), "postnorm-init": (True, True, 0.3, False),
+    "postnorm-d0.5": (True, False, 0.5, False), "oldest-positions": (False, False, 0.3, True),
 }
 
 
@@ -53,6 +60,29 @@ class PostNormBlock(nn.Module):
         attended, weights = self.attention(x, x, x, attn_mask=mask, need_weights=need_weights, average_attn_weights=False)
         x = self.norm1(x + self.dropout(attended))
         return self.norm2(x + self.dropout(self.feed_forward(x))), weights
+
+
+class OldestFirstPositions(UserTower):
+    """The user tower with position ids counted from the oldest item of each (right-aligned) history: the output
+    after k items is always at position k - 1, in training as at inference."""
+
+    def forward(self, item_vectors, padding, return_attention: bool = False):
+        length = item_vectors.shape[1]
+        if length > self.config.max_length:
+            raise ValueError(f"histories longer than max_length={self.config.max_length} must be cut first")
+        real = (~padding).sum(1, keepdim=True)
+        positions = (torch.arange(length, device=item_vectors.device) - (length - real)).clamp(min=0)
+        x = self.dropout(self.input_norm(item_vectors + self.positions(positions)))
+        mask = causal_padding_mask(padding, self.config.heads).to(x.dtype)
+        maps = []
+        for block in self.blocks:
+            x, weights = block(x, mask, need_weights=return_attention)
+            maps.append(weights)
+        x = self.norm(x)
+        return (x, maps) if return_attention else x
+
+    def newest(self, item_vectors, padding):
+        return self(item_vectors, padding)[:, -1]
 
 
 def recbole_init(module: nn.Module) -> None:
@@ -74,18 +104,19 @@ def main() -> None:
     parser.add_argument("--dataset", default="beauty")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "sasrec-ablation"))
     args = parser.parse_args()
-    post_norm, init, dropout = VARIANTS[args.variant]
+    post_norm, init, dropout, oldest_first = VARIANTS[args.variant]
     ds = load_dataset(args.dataset)
     split, device = leave_one_out(ds), default_device()
     towers, training = replace(FULL_TOWERS, dropout=dropout), replace(FULL_TRAINING, epochs=args.epochs, seed=args.seed)
     network = build_network("sasrec", ds, towers, device, seed=args.seed)
+    if oldest_first: network.user.__class__ = OldestFirstPositions  # same parameters, other position ids
     torch.manual_seed(args.seed)
     if init: recbole_init(network.user)
     if post_norm:
         network.user.blocks = nn.ModuleList(PostNormBlock(b) for b in network.user.blocks)
         network.user.norm = nn.Identity()  # post-norm blocks end normalised
     out = Path(args.out) / f"{args.variant}-seed{args.seed}.json"
-    record = {"variant": args.variant, "post_norm": post_norm, "recbole_init": init, "seed": args.seed,
+    record = {"variant": args.variant, "post_norm": post_norm, "recbole_init": init, "oldest_first_positions": oldest_first, "seed": args.seed,
               "towers": asdict(towers), "training": asdict(training), "dataset": dataset_fingerprint(ds),
               "library_code_sha256": library_code_hash(), **provenance(device), "history": []}
 
