@@ -1036,9 +1036,10 @@ def worker_app():
 
 
 def run_server(model_dir, host: str = "127.0.0.1", port: int = 8000, feedback=None, config: ServeConfig | None = None,
-               exit_after: float | None = None, threads: int = 1, workers: int = 1) -> None:
-    """What `recbook serve` runs: load the model directory, build the index, serve until stopped (Ctrl-C, SIGTERM, or
-    after `exit_after` seconds). One thread for torch and FAISS: requests are batched, not split across cores.
+               exit_after: float | None = None, threads: int = 1, workers: int = 1, exit_with_parent: bool = False) -> None:
+    """What `recbook serve` runs: load the model directory, build the index, serve until stopped (Ctrl-C, SIGTERM,
+    after `exit_after` seconds, or with `exit_with_parent` when the process that started it ends, however it ends).
+    One thread for torch and FAISS: requests are batched, not split across cores.
     With `workers` > 1, uvicorn runs that many processes on one port, each with its own model and the shared store."""
     import uvicorn
 
@@ -1049,9 +1050,20 @@ def run_server(model_dir, host: str = "127.0.0.1", port: int = 8000, feedback=No
         timer.daemon = True
         timer.start()
 
+    def stop_with_parent(stop: Callable) -> None:
+        "When the starting process dies (even by SIGKILL), this one is handed to another parent: stop then."
+        parent = os.getppid()
+
+        def watch():
+            while os.getppid() == parent: time.sleep(0.5)
+            stop()
+
+        threading.Thread(target=watch, daemon=True, name="recbook-parent-watch").start()
+
     if workers > 1:
-        if exit_after:  # SIGTERM to the manager: the same clean shutdown of every worker as an operator's
-            stop_after(exit_after, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        stop_manager = lambda: os.kill(os.getpid(), signal.SIGTERM)  # the same clean shutdown of every worker as an operator's
+        if exit_after: stop_after(exit_after, stop_manager)
+        if exit_with_parent: stop_with_parent(stop_manager)
         RecommendationService.from_dir(model_dir, feedback, config).feedback.close()  # bad input fails here, once
         os.environ[WORKER_SETTINGS] = json.dumps({"model_dir": str(model_dir), "feedback": None if feedback is None else
                                                   str(feedback), "config": asdict(config or ServeConfig()),
@@ -1066,6 +1078,7 @@ def run_server(model_dir, host: str = "127.0.0.1", port: int = 8000, feedback=No
                                            access_log=False, timeout_graceful_shutdown=5))
     # counted from now, when the model is loaded; uvicorn's own flag ends it cleanly, exit status 0, store closed
     if exit_after: stop_after(exit_after, lambda: setattr(server, "should_exit", True))
+    if exit_with_parent: stop_with_parent(lambda: setattr(server, "should_exit", True))
     print(f"recbook serve: {model_dir} ({service.model.kind}, {service.dataset.n_items:,} items, {service.index.kind} "
           f"index) on http://{host}:{port}  (API docs: http://{host}:{port}/docs)", flush=True)
     try: server.run()
@@ -1099,7 +1112,8 @@ def call(url: str, path: str, payload=None, method: str | None = None, timeout: 
 
 class BackgroundServer:
     """`recbook serve` in a child process on a free loopback port, for notebooks, tests and benchmarks: `start()` waits
-    until /healthz answers; `stop()` (or leaving a `with` block) ends it; it also stops itself after `exit_after` s."""
+    until /healthz answers; `stop()` (or leaving a `with` block) ends it; it also stops itself after `exit_after` s,
+    and when this process ends without stopping it (a killed kernel or test run leaves no server behind)."""
 
     def __init__(self, model_dir, feedback=None, port: int | None = None, exit_after: float = 900, args: Sequence = (),
                  log=None):
@@ -1111,7 +1125,7 @@ class BackgroundServer:
 
     def start(self, timeout: float = 180) -> "BackgroundServer":
         command = [sys.executable, "-m", "recbook", "serve", "--model", str(self.model_dir), "--host", "127.0.0.1",
-                   "--port", str(self.port), "--exit-after", str(self.exit_after), *self.args]
+                   "--port", str(self.port), "--exit-after", str(self.exit_after), "--exit-with-parent", *self.args]
         if self.feedback is not None: command += ["--feedback", str(self.feedback)]
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
