@@ -13,9 +13,10 @@ import pytest
 
 from recbook.data import leave_one_out, load_dataset
 from recbook.evaluation import load_recommender
+from recbook.loadtest import load_test, plot_latency_histogram
 from recbook.serving import (EXPLANATIONS, MAX_BODY_BYTES, MAX_K, BackgroundServer, FeedbackStore, ItemIndex,
                              MicroBatcher, RecommendationService, RecQuery, ServingError, call, compare_indexes,
-                             fastest_at_recall, feedback_sequences, load_test, make_app, recall_at_k, synthetic_catalogue,
+                             fastest_at_recall, feedback_sequences, make_app, recall_at_k, synthetic_catalogue,
                              top_items, free_port)
 
 
@@ -488,6 +489,12 @@ def test_load_test_has_no_errors(server, histories):
     _, health = call(server.url, "/healthz")
     assert health["batched_requests"] >= health["batches"] > 0
 
+
+
+def test_latency_histogram_draws_every_run_with_its_own_request_count():
+    runs = {f"run {i}": np.random.default_rng(i).lognormal(1, 0.5, 100 + i) for i in range(7)}  # more than 5 colours
+    labels = [t.get_text() for t in plot_latency_histogram(runs).axes[0].get_legend().get_texts()]
+    assert labels == [f"run {i} ({100 + i:,} requests)" for i in range(7)]
 
 def test_feedback_survives_a_crash_and_fine_tunes_a_model(sasrec_dir, tiny, tmp_path):
     ds, _ = tiny
