@@ -34,7 +34,8 @@ from bench_retrieval import model_to_serve, record_path
 from benchlib import describe, provenance
 from recbook.data import atomic_write, leave_one_out, load_dataset
 from recbook.evaluation import default_device, load_recommender
-from recbook.serving import BackgroundServer, call, load_test
+from recbook.loadtest import load_test
+from recbook.serving import BackgroundServer, call
 
 K = 10
 TARGET_P99_MS = 20.0

@@ -228,7 +228,8 @@ def serve(args) -> None:
     config = ServeConfig(index=args.index, max_batch=args.max_batch, cache_size=args.cache_size,
                          fast_path=not args.no_fast_path)
     run_server(args.model, host=args.host, port=args.port, feedback=args.feedback, config=config,
-               exit_after=args.exit_after, threads=args.threads, workers=args.workers)
+               exit_after=args.exit_after, threads=args.threads, workers=args.workers,
+               exit_with_parent=args.exit_with_parent)
 
 
 def finetune(args) -> None:
@@ -351,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--workers", type=_positive, default=1,
                      help="server processes on one port, each with the model, sharing the feedback store (default 1)")
     srv.add_argument("--exit-after", type=float, help="stop by itself after this many seconds (demos and tests)")
+    srv.add_argument("--exit-with-parent", action="store_true",
+                     help="stop when the process that started this one ends, even by SIGKILL (notebooks and tests)")
     srv.set_defaults(func=serve)
 
     ft = commands.add_parser("finetune", help="continue training a model on the feedback its server logged")

@@ -52,9 +52,8 @@ __all__ = ['INDEX_KINDS', 'SWEEPS', 'MAX_K', 'MAX_HISTORY', 'MAX_QUERY_CHARS', '
            'RecommendationService', 'MicroBatcher', 'AnswerCache', 'BodySizeLimit', 'RecommendRequest', 'SearchRequest',
            'FeedbackRequest', 'ErrorAnswer', 'ItemReason', 'ItemAnswer', 'RecommendAnswer', 'SearchAnswer',
            'ItemDetail', 'FeedbackAnswer', 'out_of_range_integer', 'validation_message', 'RecommendFastPath',
-           'make_app', 'worker_app', 'run_server', 'free_port', 'call', 'BackgroundServer', 'load_test',
-           'plot_latency_histogram', 'read_user_ids', 'check_output', 'write_table', 'recommend_to_file', 'export_onnx',
-           'OnnxRecommender', 'onnx_parity']
+           'make_app', 'worker_app', 'run_server', 'free_port', 'call', 'BackgroundServer', 'read_user_ids',
+           'check_output', 'write_table', 'recommend_to_file', 'export_onnx', 'OnnxRecommender', 'onnx_parity']
 
 # %% ../nbs/06_serving.ipynb #d6e30330
 class ServingError(ValueError):
@@ -1036,9 +1035,10 @@ def worker_app():
 
 
 def run_server(model_dir, host: str = "127.0.0.1", port: int = 8000, feedback=None, config: ServeConfig | None = None,
-               exit_after: float | None = None, threads: int = 1, workers: int = 1) -> None:
-    """What `recbook serve` runs: load the model directory, build the index, serve until stopped (Ctrl-C, SIGTERM, or
-    after `exit_after` seconds). One thread for torch and FAISS: requests are batched, not split across cores.
+               exit_after: float | None = None, threads: int = 1, workers: int = 1, exit_with_parent: bool = False) -> None:
+    """What `recbook serve` runs: load the model directory, build the index, serve until stopped (Ctrl-C, SIGTERM,
+    after `exit_after` seconds, or with `exit_with_parent` when the process that started it ends, however it ends).
+    One thread for torch and FAISS: requests are batched, not split across cores.
     With `workers` > 1, uvicorn runs that many processes on one port, each with its own model and the shared store."""
     import uvicorn
 
@@ -1049,9 +1049,20 @@ def run_server(model_dir, host: str = "127.0.0.1", port: int = 8000, feedback=No
         timer.daemon = True
         timer.start()
 
+    def stop_with_parent(stop: Callable) -> None:
+        "When the starting process dies (even by SIGKILL), this one is handed to another parent: stop then."
+        parent = os.getppid()
+
+        def watch():
+            while os.getppid() == parent: time.sleep(0.5)
+            stop()
+
+        threading.Thread(target=watch, daemon=True, name="recbook-parent-watch").start()
+
     if workers > 1:
-        if exit_after:  # SIGTERM to the manager: the same clean shutdown of every worker as an operator's
-            stop_after(exit_after, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        stop_manager = lambda: os.kill(os.getpid(), signal.SIGTERM)  # the same clean shutdown of every worker as an operator's
+        if exit_after: stop_after(exit_after, stop_manager)
+        if exit_with_parent: stop_with_parent(stop_manager)
         RecommendationService.from_dir(model_dir, feedback, config).feedback.close()  # bad input fails here, once
         os.environ[WORKER_SETTINGS] = json.dumps({"model_dir": str(model_dir), "feedback": None if feedback is None else
                                                   str(feedback), "config": asdict(config or ServeConfig()),
@@ -1066,6 +1077,7 @@ def run_server(model_dir, host: str = "127.0.0.1", port: int = 8000, feedback=No
                                            access_log=False, timeout_graceful_shutdown=5))
     # counted from now, when the model is loaded; uvicorn's own flag ends it cleanly, exit status 0, store closed
     if exit_after: stop_after(exit_after, lambda: setattr(server, "should_exit", True))
+    if exit_with_parent: stop_with_parent(lambda: setattr(server, "should_exit", True))
     print(f"recbook serve: {model_dir} ({service.model.kind}, {service.dataset.n_items:,} items, {service.index.kind} "
           f"index) on http://{host}:{port}  (API docs: http://{host}:{port}/docs)", flush=True)
     try: server.run()
@@ -1099,7 +1111,8 @@ def call(url: str, path: str, payload=None, method: str | None = None, timeout: 
 
 class BackgroundServer:
     """`recbook serve` in a child process on a free loopback port, for notebooks, tests and benchmarks: `start()` waits
-    until /healthz answers; `stop()` (or leaving a `with` block) ends it; it also stops itself after `exit_after` s."""
+    until /healthz answers; `stop()` (or leaving a `with` block) ends it; it also stops itself after `exit_after` s,
+    and when this process ends without stopping it (a killed kernel or test run leaves no server behind)."""
 
     def __init__(self, model_dir, feedback=None, port: int | None = None, exit_after: float = 900, args: Sequence = (),
                  log=None):
@@ -1111,7 +1124,7 @@ class BackgroundServer:
 
     def start(self, timeout: float = 180) -> "BackgroundServer":
         command = [sys.executable, "-m", "recbook", "serve", "--model", str(self.model_dir), "--host", "127.0.0.1",
-                   "--port", str(self.port), "--exit-after", str(self.exit_after), *self.args]
+                   "--port", str(self.port), "--exit-after", str(self.exit_after), "--exit-with-parent", *self.args]
         if self.feedback is not None: command += ["--feedback", str(self.feedback)]
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -1138,86 +1151,6 @@ class BackgroundServer:
 
     def __enter__(self): return self.start()
     def __exit__(self, *exc): self.stop()
-
-# %% ../nbs/06_serving.ipynb #ff6c7117
-async def _load_worker(host, port, path, payloads, latencies, statuses, failures, deadline, timeout, rate, origin):
-    """One keep-alive HTTP/1.1 connection sending POSTs from the shared deque until it is empty or time is up. With a
-    `rate`, request i is due at origin + i / rate and its latency counts from then, waiting for a free connection
-    included (otherwise a slow server would hide its queue: "coordinated omission")."""
-    reader = writer = None
-    while payloads and time.monotonic() < deadline:
-        number, body = payloads.popleft()
-        due = None
-        if rate:
-            due = origin + number / rate
-            if due > time.perf_counter(): await asyncio.sleep(due - time.perf_counter())
-        request = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-        try:
-            if writer is None: reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-            start = time.perf_counter() if due is None else due
-            writer.write(request)
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
-            lines = head.decode("latin-1").split("\r\n")
-            fields = dict(line.split(":", 1) for line in lines[1:] if ":" in line)
-            fields = {k.strip().lower(): v.strip() for k, v in fields.items()}
-            await asyncio.wait_for(reader.readexactly(int(fields["content-length"])), timeout)
-            latencies.append((time.perf_counter() - start) * 1000)
-            statuses[int(lines[0].split()[1])] += 1
-            if fields.get("connection", "").lower() == "close":
-                writer.close()
-                writer = None
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, KeyError, ValueError) as error:
-            failures.append(f"{type(error).__name__}: {error}")
-            if writer is not None: writer.close()
-            writer = None
-    if writer is not None: writer.close()
-
-
-def load_test(url: str, path: str, payloads: Sequence, concurrency: int = 32, rate: float | None = None,
-              timeout: float = 10, max_seconds: float = 300) -> dict:
-    """POST every payload (JSON) once over `concurrency` keep-alive connections. Without `rate`, each connection sends
-    its next request as soon as the last is answered (a closed loop: it finds the throughput, and latency is mostly
-    queueing); with `rate`, requests are sent at `rate` per second whatever the answers do (an open loop: the latency
-    users would see at that traffic). Stops by itself after the last payload, or after `max_seconds`. Returns the
-    latencies (ms), p50/p90/p99, the throughput and the errors (non-2xx answers, timeouts, connection failures)."""
-    host, port = url.removeprefix("http://").split(":")
-    queue = collections.deque(enumerate(json.dumps(p).encode() for p in payloads))
-    latencies, statuses, failures = [], collections.Counter(), []
-
-    async def main():
-        deadline, origin = time.monotonic() + max_seconds, time.perf_counter() + 0.05
-        await asyncio.gather(*(_load_worker(host, int(port), path, queue, latencies, statuses, failures, deadline,
-                                            timeout, rate, origin) for _ in range(concurrency)))
-
-    start = time.perf_counter()
-    runner = threading.Thread(target=asyncio.run, args=(main(),))  # own thread and loop: safe inside Jupyter's loop
-    runner.start()
-    runner.join()
-    seconds = time.perf_counter() - start
-    lat = np.array(latencies)
-    ok = sum(n for s, n in statuses.items() if 200 <= s < 300)
-    return {"requests": len(payloads), "answered": len(lat), "ok": ok, "errors": len(payloads) - ok,
-            "statuses": dict(statuses), "failures": failures[:5], "concurrency": concurrency, "rate": rate, "seconds": seconds,
-            "requests_per_s": len(lat) / seconds, "p50 ms": float(np.percentile(lat, 50)) if len(lat) else math.nan,
-            "p90 ms": float(np.percentile(lat, 90)) if len(lat) else math.nan,
-            "p99 ms": float(np.percentile(lat, 99)) if len(lat) else math.nan,
-            "max ms": float(lat.max()) if len(lat) else math.nan, "latencies": lat}
-
-# %% ../nbs/06_serving.ipynb #2e73e570
-def plot_latency_histogram(runs: dict[str, np.ndarray], title: str = "request latency") -> Figure:
-    "Histograms of request latencies (ms, log scale), one per run, with each run's p50 (dashed) and p99 (dotted)."
-    fig = Figure(figsize=(6.5, 4), layout="constrained")
-    ax = fig.subplots()
-    every = np.concatenate([np.asarray(v) for v in runs.values()])
-    bins = np.logspace(np.log10(max(every.min(), 1e-2)), np.log10(every.max()), 60)
-    for (name, lat), color in zip(runs.items(), ["C0", "C1", "C2", "C3", "C4"]):
-        ax.hist(lat, bins=bins, histtype="step", lw=1.5, color=color, label=name)
-        ax.axvline(np.percentile(lat, 50), color=color, ls="--", lw=1)
-        ax.axvline(np.percentile(lat, 99), color=color, ls=":", lw=1)
-    ax.set(xscale="log", xlabel="latency, ms (log scale); dashed p50, dotted p99", ylabel="requests", title=title)
-    ax.legend()
-    return fig
 
 # %% ../nbs/06_serving.ipynb #f76004af
 def read_user_ids(path) -> list[str]:

@@ -13,9 +13,10 @@ import pytest
 
 from recbook.data import leave_one_out, load_dataset
 from recbook.evaluation import load_recommender
+from recbook.loadtest import load_test, plot_latency_histogram
 from recbook.serving import (EXPLANATIONS, MAX_BODY_BYTES, MAX_K, BackgroundServer, FeedbackStore, ItemIndex,
                              MicroBatcher, RecommendationService, RecQuery, ServingError, call, compare_indexes,
-                             fastest_at_recall, feedback_sequences, load_test, make_app, recall_at_k, synthetic_catalogue,
+                             fastest_at_recall, feedback_sequences, make_app, recall_at_k, synthetic_catalogue,
                              top_items, free_port)
 
 
@@ -489,6 +490,12 @@ def test_load_test_has_no_errors(server, histories):
     assert health["batched_requests"] >= health["batches"] > 0
 
 
+
+def test_latency_histogram_draws_every_run_with_its_own_request_count():
+    runs = {f"run {i}": np.random.default_rng(i).lognormal(1, 0.5, 100 + i) for i in range(7)}  # more than 5 colours
+    labels = [t.get_text() for t in plot_latency_histogram(runs).axes[0].get_legend().get_texts()]
+    assert labels == [f"run {i} ({100 + i:,} requests)" for i in range(7)]
+
 def test_feedback_survives_a_crash_and_fine_tunes_a_model(sasrec_dir, tiny, tmp_path):
     ds, _ = tiny
     store = tmp_path / "feedback.sqlite"
@@ -652,3 +659,27 @@ def test_onnx_export_of_the_two_tower_model_with_its_text_tower(twotower_dir, tm
     assert parity["users"] == tiny.n_users and parity["identical lists"] == 1.0
     with pytest.raises(ServingError, match="no user_tower.onnx"):
         OnnxRecommender(tmp_path)
+
+
+def _running(pid: int) -> bool:
+    "Whether process `pid` exists and has not ended (a zombie waiting for its new parent to reap it has ended)."
+    try:
+        with open(f"/proc/{pid}/stat") as stat: return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError: return False
+
+
+def test_a_background_server_ends_with_the_process_that_started_it(sasrec_dir, tmp_path):
+    "A notebook kernel or test run killed by SIGKILL cannot stop its server: the server notices and stops itself."
+    script = (f"import time\nfrom recbook.serving import BackgroundServer\n"
+              f"server = BackgroundServer({str(sasrec_dir)!r}, exit_after=600, log={str(tmp_path / 'server.log')!r}).start()\n"
+              f"print(server.process.pid, server.url, flush=True)\ntime.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        pid, url = parent.stdout.readline().split()
+        assert call(url, "/healthz")[0] == 200
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while _running(int(pid)) and time.monotonic() < deadline: time.sleep(0.2)
+    assert not _running(int(pid)), f"the server outlived the process that started it:\n{(tmp_path / 'server.log').read_text()}"

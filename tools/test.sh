@@ -38,7 +38,9 @@ fi
 
 phase "tests"
 status=0
-.venv/bin/python -m pytest -q "$@" </dev/null || status=$?
+# two worker processes (pytest-xdist), a test file per worker at a time: module fixtures are built once, and one
+# worker's waits (pip in the Colab simulation, the browser, notebook kernels) overlap the other's computing
+.venv/bin/python -m pytest -q -n "${RECBOOK_TEST_WORKERS:-2}" --dist loadfile "$@" </dev/null || status=$?
 done_phase
 echo "== all done in $((SECONDS - started)) s, pytest exit status $status"
 exit "$status"
