@@ -21,14 +21,14 @@ from .data import Dataset, Split, atomic_write
 
 # %% auto #0
 __all__ = ['TIE_RULES', 'ScoreFn', 'RECOMMENDER_FILE', 'RECOMMENDERS', 'LATER_CHAPTERS', 'EvaluationError', 'default_device',
-           'target_ranks', 'accuracy_metrics', 'history_cells', 'history_mask', 'scored_batches', 'evaluate_full',
-           'top_k_lists', 'sample_negatives', 'evaluate_sampled', 'ctr_at_k', 'auc', 'gauc', 'log_loss',
-           'popularity_impressions', 'impression_scores', 'platt_scaling', 'calibration_table', 'catalog_coverage',
-           'item_coverage', 'distributional_coverage', 'shannon_entropy', 'gini_index', 'novelty', 'average_popularity',
-           'long_tail_share', 'cooccurrence_similarity', 'intra_list_diversity', 'serendipity', 'category_similarity',
-           'embedding_similarity', 'register_recommender', 'MostPopular', 'ItemKNN', 'save_recommender',
-           'load_recommender', 'evaluate_recommender', 'fit_baseline', 'plot_accuracy_vs_coverage',
-           'plot_recommended_popularity', 'plot_calibration']
+           'target_ranks', 'accuracy_metrics', 'per_user_accuracy', 'bootstrap_intervals', 'history_cells',
+           'history_mask', 'scored_batches', 'evaluate_full', 'top_k_lists', 'sample_negatives', 'evaluate_sampled',
+           'ctr_at_k', 'auc', 'gauc', 'log_loss', 'popularity_impressions', 'impression_scores', 'platt_scaling',
+           'calibration_table', 'catalog_coverage', 'item_coverage', 'distributional_coverage', 'shannon_entropy',
+           'gini_index', 'novelty', 'average_popularity', 'long_tail_share', 'cooccurrence_similarity',
+           'intra_list_diversity', 'serendipity', 'category_similarity', 'embedding_similarity', 'register_recommender',
+           'MostPopular', 'ItemKNN', 'save_recommender', 'load_recommender', 'evaluate_recommender', 'fit_baseline',
+           'plot_accuracy_vs_coverage', 'plot_recommended_popularity', 'plot_calibration']
 
 # %% ../nbs/05_evaluation.ipynb #bc866809
 class EvaluationError(ValueError):
@@ -112,6 +112,31 @@ def accuracy_metrics(ranks, owners, n_users: int, ks: Sequence[int] = (10,)) -> 
         out[f"MRR@{k}"] = float(np.where(best < k, 1 / (best + 1), 0.0).mean())
         out[f"Recall@{k}"] = float((hits / n_targets).mean())
     return out
+
+# %% ../nbs/05_evaluation.ipynb #864678e1
+def per_user_accuracy(ranks, owners, n_users: int, k: int = 10) -> pd.DataFrame:
+    """Each user's HR@k and NDCG@k from per-target 0-based `ranks` (`owners[j]` is the user of target j): the values
+    whose means `accuracy_metrics` reports, one row per user, for confidence intervals and paired comparisons."""
+    ranks, owners = np.asarray(ranks, dtype=float), np.asarray(owners, dtype=np.int64)
+    n_targets = np.bincount(owners, minlength=n_users)
+    if (n_targets == 0).any(): raise EvaluationError(f"{int((n_targets == 0).sum())} users have no target")
+    gain = np.where(ranks < k, 1 / np.log2(ranks + 2), 0.0)
+    ideal = np.cumsum(1 / np.log2(np.arange(k) + 2))[np.minimum(n_targets, k) - 1]
+    return pd.DataFrame({f"HR@{k}": np.bincount(owners, weights=ranks < k, minlength=n_users) > 0,
+                         f"NDCG@{k}": np.bincount(owners, weights=gain, minlength=n_users) / ideal}).astype(float)
+
+
+def bootstrap_intervals(per_user: pd.DataFrame, confidence: float = 0.95, resamples: int = 2000,
+                        seed: int = 0) -> pd.DataFrame:
+    "Mean and percentile-bootstrap interval (users resampled with replacement) of each column of per-user values."
+    from scipy.stats import bootstrap
+
+    rows = {}
+    for name, values in per_user.items():
+        result = bootstrap((values.to_numpy(),), np.mean, confidence_level=confidence, n_resamples=resamples,
+                           method="percentile", random_state=np.random.default_rng(seed))
+        rows[name] = {"mean": values.mean(), "low": result.confidence_interval.low, "high": result.confidence_interval.high}
+    return pd.DataFrame(rows).T
 
 # %% ../nbs/05_evaluation.ipynb #fd527b7e
 ScoreFn = Callable[[np.ndarray, list], torch.Tensor]
