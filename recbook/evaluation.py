@@ -21,7 +21,7 @@ from .data import Dataset, Split, atomic_write
 
 # %% auto #0
 __all__ = ['TIE_RULES', 'ScoreFn', 'RECOMMENDER_FILE', 'RECOMMENDERS', 'LATER_CHAPTERS', 'EvaluationError', 'default_device',
-           'target_ranks', 'accuracy_metrics', 'per_user_accuracy', 'bootstrap_intervals', 'history_cells',
+           'target_ranks', 'per_user_accuracy', 'accuracy_metrics', 'bootstrap_intervals', 'history_cells',
            'history_mask', 'scored_batches', 'evaluate_full', 'top_k_lists', 'sample_negatives', 'evaluate_sampled',
            'ctr_at_k', 'auc', 'gauc', 'log_loss', 'popularity_impressions', 'impression_scores', 'platt_scaling',
            'calibration_table', 'catalog_coverage', 'item_coverage', 'distributional_coverage', 'shannon_entropy',
@@ -91,41 +91,29 @@ def target_ranks(scores, targets, exclude=None, ties: str = "pessimistic") -> to
     return (rivals(strict=True) + rivals(strict=False)) / 2
 
 # %% ../nbs/05_evaluation.ipynb #a45c16b3
-def accuracy_metrics(ranks, owners, n_users: int, ks: Sequence[int] = (10,)) -> dict[str, float]:
-    """Mean HR, NDCG, MRR and Recall at each K over `n_users` users, from per-target 0-based `ranks`;
-    `owners[j]` (0..n_users-1) is the user of target j. Every user must own at least one target."""
+def per_user_accuracy(ranks, owners, n_users: int, k: int = 10) -> pd.DataFrame:
+    """Each user's HR@k, NDCG@k, MRR@k and Recall@k from per-target 0-based `ranks` (`owners[j]` is the user of target
+    j): the values whose means `accuracy_metrics` reports, one row per user, for confidence intervals and paired tests."""
     ranks, owners = np.asarray(ranks, dtype=float), np.asarray(owners, dtype=np.int64)
     if len(ranks) != len(owners): raise EvaluationError("ranks and owners must have the same length")
+    if k <= 0: raise EvaluationError(f"K must be positive, got {k}")
     n_targets = np.bincount(owners, minlength=n_users)
     if (n_targets == 0).any(): raise EvaluationError(f"{int((n_targets == 0).sum())} users have no target")
     best = np.full(n_users, np.inf)
     np.minimum.at(best, owners, ranks)
-    out = {}
-    for k in ks:
-        if k <= 0: raise EvaluationError(f"K must be positive, got {k}")
-        hit = ranks < k
-        hits = np.bincount(owners, weights=hit, minlength=n_users)
-        dcg = np.bincount(owners, weights=np.where(hit, 1 / np.log2(ranks + 2), 0.0), minlength=n_users)
-        ideal = np.cumsum(1 / np.log2(np.arange(k) + 2))[np.minimum(n_targets, k) - 1]
-        out[f"HR@{k}"] = float((hits > 0).mean())
-        out[f"NDCG@{k}"] = float((dcg / ideal).mean())
-        out[f"MRR@{k}"] = float(np.where(best < k, 1 / (best + 1), 0.0).mean())
-        out[f"Recall@{k}"] = float((hits / n_targets).mean())
-    return out
+    hits = np.bincount(owners, weights=ranks < k, minlength=n_users)
+    dcg = np.bincount(owners, weights=np.where(ranks < k, 1 / np.log2(ranks + 2), 0.0), minlength=n_users)
+    ideal = np.cumsum(1 / np.log2(np.arange(k) + 2))[np.minimum(n_targets, k) - 1]
+    return pd.DataFrame({f"HR@{k}": (hits > 0).astype(float), f"NDCG@{k}": dcg / ideal,
+                         f"MRR@{k}": np.where(best < k, 1 / (best + 1), 0.0), f"Recall@{k}": hits / n_targets})
+
+
+def accuracy_metrics(ranks, owners, n_users: int, ks: Sequence[int] = (10,)) -> dict[str, float]:
+    """Mean HR, NDCG, MRR and Recall at each K over `n_users` users, from per-target 0-based `ranks`;
+    `owners[j]` (0..n_users-1) is the user of target j. Every user must own at least one target."""
+    return {name: float(values.mean()) for k in ks for name, values in per_user_accuracy(ranks, owners, n_users, k).items()}
 
 # %% ../nbs/05_evaluation.ipynb #864678e1
-def per_user_accuracy(ranks, owners, n_users: int, k: int = 10) -> pd.DataFrame:
-    """Each user's HR@k and NDCG@k from per-target 0-based `ranks` (`owners[j]` is the user of target j): the values
-    whose means `accuracy_metrics` reports, one row per user, for confidence intervals and paired comparisons."""
-    ranks, owners = np.asarray(ranks, dtype=float), np.asarray(owners, dtype=np.int64)
-    n_targets = np.bincount(owners, minlength=n_users)
-    if (n_targets == 0).any(): raise EvaluationError(f"{int((n_targets == 0).sum())} users have no target")
-    gain = np.where(ranks < k, 1 / np.log2(ranks + 2), 0.0)
-    ideal = np.cumsum(1 / np.log2(np.arange(k) + 2))[np.minimum(n_targets, k) - 1]
-    return pd.DataFrame({f"HR@{k}": np.bincount(owners, weights=ranks < k, minlength=n_users) > 0,
-                         f"NDCG@{k}": np.bincount(owners, weights=gain, minlength=n_users) / ideal}).astype(float)
-
-
 def bootstrap_intervals(per_user: pd.DataFrame, confidence: float = 0.95, resamples: int = 2000,
                         seed: int = 0) -> pd.DataFrame:
     "Mean and percentile-bootstrap interval (users resampled with replacement) of each column of per-user values."
