@@ -38,7 +38,7 @@ from torch import nn
 from benchlib import provenance
 from recbook.data import atomic_write, leave_one_out, load_dataset
 from recbook.evaluation import default_device, evaluate_full
-from recbook.towers import Block, TwoTowerRecommender, UserTower, causal_padding_mask
+from recbook.towers import Block, TwoTowerRecommender, UserTower
 from recbook.training import FULL_TOWERS, FULL_TRAINING, build_network, dataset_fingerprint, fit, library_code_hash
 
 VARIANTS = {  # name: (post-norm blocks, RecBole's N(0, 0.02) initialisation, dropout, positions from the oldest item)
@@ -66,22 +66,11 @@ class OldestFirstPositions(UserTower):
     """The user tower with position ids counted from the oldest item of each (right-aligned) history: the output
     after k items is always at position k - 1, in training as at inference."""
 
-    def forward(self, item_vectors, padding, return_attention: bool = False):
-        length = item_vectors.shape[1]
-        if length > self.config.max_length:
-            raise ValueError(f"histories longer than max_length={self.config.max_length} must be cut first")
-        real = (~padding).sum(1, keepdim=True)
-        positions = (torch.arange(length, device=item_vectors.device) - (length - real)).clamp(min=0)
-        x = self.dropout(self.input_norm(item_vectors + self.positions(positions)))
-        mask = causal_padding_mask(padding, self.config.heads).to(x.dtype)
-        maps = []
-        for block in self.blocks:
-            x, weights = block(x, mask, need_weights=return_attention)
-            maps.append(weights)
-        x = self.norm(x)
-        return (x, maps) if return_attention else x
+    def position_ids(self, padding):
+        length = padding.shape[1]
+        return (torch.arange(length, device=padding.device) - (length - (~padding).sum(1, keepdim=True))).clamp(min=0)
 
-    def newest(self, item_vectors, padding):
+    def newest(self, item_vectors, padding):  # the library's fast path assumes one position row for the whole batch
         return self(item_vectors, padding)[:, -1]
 
 

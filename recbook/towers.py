@@ -176,15 +176,18 @@ class UserTower(nn.Module):
         self.blocks = nn.ModuleList(Block(config.hidden, config.heads, config.dropout) for _ in range(config.layers))
         self.norm = nn.LayerNorm(config.hidden)
 
+    def position_ids(self, padding: torch.Tensor) -> torch.Tensor:
+        "Position ids of a right-aligned batch [L]: counted back from the newest item, which always gets the last one."
+        length = padding.shape[1]
+        return torch.arange(self.config.max_length - length, self.config.max_length, device=padding.device)
+
     def forward(self, item_vectors: torch.Tensor, padding: torch.Tensor, return_attention: bool = False):
         "[B, L, hidden] item vectors and [B, L] padding flags -> [B, L, hidden] (and per-layer attention [B, heads, L, L])."
         batch, length, _ = item_vectors.shape
         if length > self.config.max_length:
             raise EvaluationError(f"histories longer than max_length={self.config.max_length} must be cut first")
-        # position ids count back from the newest item, which always gets the last position embedding
-        positions = torch.arange(self.config.max_length - length, self.config.max_length, device=item_vectors.device)
         # normalised: ID embeddings start at std 0.02 and would be drowned by the blocks' outputs (see the text)
-        x = self.dropout(self.input_norm(item_vectors + self.positions(positions)))
+        x = self.dropout(self.input_norm(item_vectors + self.positions(self.position_ids(padding))))
         mask = causal_padding_mask(padding, self.config.heads).to(x.dtype)
         maps = []
         for block in self.blocks:
