@@ -55,10 +55,14 @@ class TrainConfig:
     patience: int = 5  # validations without a better NDCG@10 before stopping
     checkpoint_every: int = 200  # optimiser steps between mid-epoch checkpoints
     seed: int = 0
+    examples: str = "sequences"  # "sequences": one per user, a loss at every position; "prefixes": one per target
+    length_window: int = 32  # batches sorted by length within windows of this many (1: batches of random rows)
 
     def __post_init__(self):
         if self.loss not in ("full", "sampled"): raise EvaluationError(f"loss must be 'full' or 'sampled', got {self.loss!r}")
-        for name in ("epochs", "batch_size", "accumulate", "evaluate_every", "patience", "checkpoint_every"):
+        if self.examples not in ("sequences", "prefixes"):
+            raise EvaluationError(f"examples must be 'sequences' or 'prefixes', got {self.examples!r}")
+        for name in ("epochs", "batch_size", "accumulate", "evaluate_every", "patience", "checkpoint_every", "length_window"):
             if getattr(self, name) < 1: raise EvaluationError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 # %% ../nbs/04_training.ipynb #f36a7706
@@ -79,15 +83,17 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, w
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def next_item_batch(padded: torch.Tensor, rows) -> tuple[torch.Tensor, torch.Tensor]:
+def next_item_batch(padded: torch.Tensor, rows, last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs (items 1..n-1) and targets (items 2..n) of the chosen rows: [B, L] each, 0 = padding, right-aligned.
 
     `padded` is every training sequence right-aligned once per run, `left_padded(sequences, max_length + 1)`: a batch
-    is then one gather, with no Python loop over its rows. Columns that are padding in every row are dropped."""
+    is then one gather, with no Python loop over its rows. Columns that are padding in every row are dropped.
+    `last_only` keeps only the last target of each row (rows that are prefixes, one example per target)."""
     block = padded[torch.as_tensor(rows)]
     inputs = block[:, :-1]
     targets = block[:, 1:].masked_fill(inputs == 0, 0)  # a sequence's first item has no input before it
-    first = int((targets != 0).any(0).float().argmax())
+    first = int((inputs != 0).any(0).float().argmax())  # the same column as the first target's, unless `last_only`
+    if last_only: targets[:, :-1] = 0
     return inputs[:, first:], targets[:, first:]
 
 # %% ../nbs/04_training.ipynb #342ad642
@@ -138,9 +144,12 @@ def fit(network: TwoTower, split: Split, config: TrainConfig, out_dir=None, devi
     network.to(device)
     model = nn.parallel.DistributedDataParallel(network) if world > 1 else network
     sequences = [s for s in split.train if len(s) > 1]
-    lengths = np.array([min(len(s) - 1, network.config.max_length) for s in sequences])
-    padded = left_padded(sequences, network.config.max_length + 1)  # batches are gathered from it
-    steps_per_epoch = len(epoch_batches(lengths, config.batch_size, config.seed, 0)) // world // config.accumulate
+    examples = sequences if config.examples == "sequences" else \
+        [s[max(0, t - network.config.max_length):t + 1] for s in sequences for t in range(1, len(s))]
+    lengths = np.array([min(len(s) - 1, network.config.max_length) for s in examples])
+    padded = left_padded(examples, network.config.max_length + 1)  # batches are gathered from it
+    steps_per_epoch = len(epoch_batches(lengths, config.batch_size, config.seed, 0, config.length_window)) \
+        // world // config.accumulate
     total_steps = max(1, steps_per_epoch * config.epochs)
     decay = [p for n, p in network.named_parameters() if p.ndim >= 2 and "positions" not in n]
     no_decay = [p for n, p in network.named_parameters() if not (p.ndim >= 2 and "positions" not in n)]
@@ -181,7 +190,7 @@ def fit(network: TwoTower, split: Split, config: TrainConfig, out_dir=None, devi
     running = None
     while state["epoch"] <= config.epochs:
         epoch = state["epoch"]
-        batches = epoch_batches(lengths, config.batch_size, config.seed, epoch)
+        batches = epoch_batches(lengths, config.batch_size, config.seed, epoch, config.length_window)
         usable = len(batches) // (world * config.accumulate) * world * config.accumulate
         batches = batches[rank:usable:world]  # each process takes every world-th batch
         model.train()
@@ -191,7 +200,7 @@ def fit(network: TwoTower, split: Split, config: TrainConfig, out_dir=None, devi
                    leave=False)
         while state["batch"] < len(batches):
             for micro in range(config.accumulate):
-                inputs, targets = next_item_batch(padded, batches[state["batch"] + micro])
+                inputs, targets = next_item_batch(padded, batches[state["batch"] + micro], config.examples == "prefixes")
                 drop = (torch.rand(inputs.shape, generator=sampler) < network.config.id_dropout) & (inputs != 0)
                 # the real positions are found on the host, where the batch is made: selecting them with a boolean
                 # mask on the GPU would make the host wait for the device to count them

@@ -55,6 +55,14 @@ def test_next_item_batch_shifts_by_one():
     assert inputs.tolist() == [[5]] and targets.tolist() == [[6]]
 
 
+def test_prefix_examples_train_on_their_last_target_only():
+    prefixes = [np.array([1, 2]), np.array([1, 2, 3]), np.array([1, 2, 3, 4])]  # what `fit` cuts from [1, 2, 3, 4]
+    inputs, targets = next_item_batch(left_padded(prefixes, 10 + 1), [0, 1, 2], last_only=True)
+    assert inputs.tolist() == [[0, 0, 1], [0, 1, 2], [1, 2, 3]] and targets.tolist() == [[0, 0, 2], [0, 0, 3], [0, 0, 4]]
+    with pytest.raises(EvaluationError, match="examples"): TrainConfig(examples="windows")
+    with pytest.raises(EvaluationError, match="length_window"): TrainConfig(length_window=0)
+
+
 def test_warmup_cosine():
     assert warmup_cosine(0, 100, 10) == pytest.approx(0.1)
     assert warmup_cosine(9, 100, 10) == pytest.approx(1.0)
