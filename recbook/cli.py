@@ -59,12 +59,14 @@ def quickstart(args) -> None:
     from recbook.data import leave_one_out
     from recbook.evaluation import default_device, evaluate_full, fit_baseline, load_recommender
     from recbook.towers import catalogue_text_vectors
-    from recbook.training import (FULL_TOWERS, QUICKSTART_TRAINING, cold_start_metrics, itemknn_on_validation,
-                                  library_code_hash, run_provenance, train_model)
+    from recbook.training import (FULL_TOWERS, FULL_TRAINING, QUICKSTART_TRAINING, cold_start_metrics,
+                                  itemknn_on_validation, library_code_hash, run_provenance, train_model)
 
     seconds = {"data": round(time.perf_counter() - started, 1)}
     device = default_device()
     towers = replace(FULL_TOWERS, text_encoder="minilm")
+    # a GPU trains chapter 4's full configuration in about a minute; a CPU gets the shorter one, chosen to fit 10 minutes
+    training = FULL_TRAINING if device.type == "cuda" else QUICKSTART_TRAINING
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # the weights load in a second: no bar for it in the job's output
@@ -76,10 +78,10 @@ def quickstart(args) -> None:
           f"({seconds['text vectors']:.0f} s)")
 
     print(f"\n== 3. training: the two-tower model (MiniLM text + item IDs, causal transformer user tower), "
-          f"{QUICKSTART_TRAINING.epochs} epochs, best validation epoch kept")
+          f"at most {training.epochs} epochs, {training.loss} softmax, best validation epoch kept")
     model_dir = out / "model"
     mark = time.perf_counter()
-    train_model("twotower", ds, model_dir, towers, QUICKSTART_TRAINING, device=device, progress=True, log=False)
+    train_model("twotower", ds, model_dir, towers, training, device=device, progress=True, log=False)
     seconds["training"] = round(time.perf_counter() - mark, 1)
     print(f"wrote {model_dir} ({seconds['training']:.0f} s)")
 
@@ -105,7 +107,7 @@ def quickstart(args) -> None:
     print(f"\nthe two-tower model is {'above' if beats else 'NOT above'} ItemKNN on both test NDCG@10 and HR@10; "
           f"{seconds['total']:.0f} s in all on {run_provenance(device)['device']}")
     results = {"format": 1, "dataset": ds.name, "seconds": seconds, "model": str(model_dir),
-               "towers": vars(towers), "training": vars(QUICKSTART_TRAINING), "itemknn_validation": knn_valid,
+               "towers": vars(towers), "training": vars(training), "itemknn_validation": knn_valid,
                "test": rows, "two_tower_above_itemknn": beats, "code_sha256": library_code_hash(),
                **run_provenance(device), "torch_threads": torch.get_num_threads()}
     with atomic_write(out / "results.json") as f:
