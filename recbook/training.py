@@ -21,7 +21,7 @@ from torch import nn
 
 from .data import Dataset, Split, atomic_write
 from .evaluation import (EvaluationError, RECOMMENDER_FILE, default_device, evaluate_full, history_mask,
-                                register_recommender)
+                                per_user_accuracy, register_recommender)
 from .pretraining import FULL_CONFIG as FULL_TEXT_BERT
 from .pretraining import autocast_for, left_padded
 from .towers import (SASRecRecommender, TowerConfig, TwoTower, TwoTowerRecommender, catalogue_text_vectors,
@@ -633,21 +633,25 @@ def record_is_current(record: dict, ds: Dataset | None = None, request: dict | N
 def paired_comparison(ranks_a, ranks_b, k: int = 10, resamples: int = 10_000, seed: int = 0) -> dict:
     """Is model A better than model B on the same test users? Per-user NDCG@k from 0-based ranks (one target per user;
     [users], or [seeds, users] to average each user's gain over seeds first),
-    the mean difference A - B, its 95% paired-bootstrap interval, and two-sided p-values of the paired t-test and of
-    the Wilcoxon signed-rank test (scipy)."""
+    the mean difference A - B, its 95% paired-bootstrap interval (percentile), and two-sided p-values of the paired
+    t-test and of the Wilcoxon signed-rank test (scipy)."""
     from scipy import stats
 
-    def gains(ranks):  # [users] or [seeds, users] -> per-user NDCG@k, averaged over seeds
+    def gains(ranks):  # [users] or [seeds, users] -> chapter 5's per-user NDCG@k, averaged over seeds
         ranks = np.atleast_2d(np.asarray(ranks, dtype=float))
-        return np.where(ranks < k, 1 / np.log2(ranks + 2), 0.0).mean(0)
+        users = np.arange(ranks.shape[1])
+        return np.mean([per_user_accuracy(r, users, len(users), k)[f"NDCG@{k}"].to_numpy() for r in ranks], axis=0)
 
     a, b = gains(ranks_a), gains(ranks_b)
     if a.shape != b.shape: raise EvaluationError(f"the two models were ranked on {a.shape} and {b.shape} users")
     diff = a - b
-    rng = np.random.default_rng(seed)
-    means = np.array([diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(resamples)])
+    interval = (0.0, 0.0)  # no difference anywhere: every resample's mean is 0
+    if diff.any():
+        bounds = stats.bootstrap((diff,), np.mean, n_resamples=resamples, method="percentile",
+                                 random_state=np.random.default_rng(seed)).confidence_interval
+        interval = (float(bounds.low), float(bounds.high))
     return {f"NDCG@{k} A": float(a.mean()), f"NDCG@{k} B": float(b.mean()), "difference": float(diff.mean()),
-            "95% interval": (float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))),
+            "95% interval": interval,
             "p (paired t)": float(stats.ttest_rel(a, b).pvalue) if diff.any() else 1.0,
             "p (Wilcoxon)": float(stats.wilcoxon(a, b).pvalue) if diff.any() else 1.0, "users": len(diff)}
 
