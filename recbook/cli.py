@@ -228,7 +228,7 @@ def serve(args) -> None:
     from recbook.serving import ServeConfig, run_server
 
     config = ServeConfig(index=args.index, max_batch=args.max_batch, cache_size=args.cache_size,
-                         fast_path=not args.no_fast_path)
+                         fast_path=not args.no_fast_path, search_process=not args.search_thread)
     run_server(args.model, host=args.host, port=args.port, feedback=args.feedback, config=config,
                exit_after=args.exit_after, threads=args.threads, workers=args.workers,
                exit_with_parent=args.exit_with_parent)
@@ -350,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--cache-size", type=int, default=4096, help="answers cached for repeated requests (0 = none)")
     srv.add_argument("--no-fast-path", action="store_true",
                      help="answer /recommend through FastAPI's routing too (slower; for comparison)")
+    srv.add_argument("--search-thread", action="store_true",
+                     help="encode /search queries on a thread of the server process, not in a process of their own at "
+                          "a lower CPU priority (slower /recommend under mixed traffic; for comparison)")
     srv.add_argument("--threads", type=_positive, default=1, help="torch and FAISS threads per process (default 1)")
     srv.add_argument("--workers", type=_positive, default=1,
                      help="server processes on one port, each with the model, sharing the feedback store (default 1)")

@@ -25,8 +25,10 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Sequence, Union
 
@@ -49,11 +51,12 @@ __all__ = ['INDEX_KINDS', 'SWEEPS', 'MAX_K', 'MAX_HISTORY', 'MAX_QUERY_CHARS', '
            'fastest_at_recall', 'plot_recall_latency', 'synthetic_catalogue', 'scale_check', 'quantize_user_tower',
            'Catalogue', 'read_jsonl_events', 'FeedbackStore', 'feedback_sequences', 'finetune_from_feedback',
            'ServeConfig', 'RecQuery', 'similarity_contributions', 'occluded_histories', 'top_contributors',
-           'RecommendationService', 'MicroBatcher', 'AnswerCache', 'BodySizeLimit', 'RecommendRequest', 'SearchRequest',
-           'FeedbackRequest', 'ErrorAnswer', 'ItemReason', 'ItemAnswer', 'RecommendAnswer', 'SearchAnswer',
-           'ItemDetail', 'FeedbackAnswer', 'out_of_range_integer', 'validation_message', 'RecommendFastPath',
-           'make_app', 'worker_app', 'run_server', 'free_port', 'call', 'BackgroundServer', 'read_user_ids',
-           'check_output', 'write_table', 'recommend_to_file', 'export_onnx', 'OnnxRecommender', 'onnx_parity']
+           'RecommendationService', 'on_parent_exit', 'QueryEncoderProcess', 'MicroBatcher', 'AnswerCache',
+           'BodySizeLimit', 'RecommendRequest', 'SearchRequest', 'FeedbackRequest', 'ErrorAnswer', 'ItemReason',
+           'ItemAnswer', 'RecommendAnswer', 'SearchAnswer', 'ItemDetail', 'FeedbackAnswer', 'out_of_range_integer',
+           'validation_message', 'RecommendFastPath', 'make_app', 'worker_app', 'run_server', 'free_port', 'call',
+           'BackgroundServer', 'read_user_ids', 'check_output', 'write_table', 'recommend_to_file', 'export_onnx',
+           'OnnxRecommender', 'onnx_parity']
 
 # %% ../nbs/06_serving.ipynb #d6e30330
 class ServingError(ValueError):
@@ -452,6 +455,8 @@ class ServeConfig:
     fast_path: bool = True  # answer POST /recommend below FastAPI's routing (`RecommendFastPath`)
     explain_top: int = 3  # history items named per recommended item
     explain_window: int = 20  # occlusion removes each of the newest `explain_window` history items in turn
+    # `from_dir` encodes /search queries in a process of their own (`QueryEncoderProcess`); `recbook serve` does so by default
+    search_process: bool = False
 
 
 @dataclass
@@ -498,7 +503,8 @@ class RecommendationService:
 
     Nothing here knows about HTTP, so it can be called and tested in-process; `make_app` puts it on the web."""
 
-    def __init__(self, model, dataset: Dataset, feedback=None, config: ServeConfig | None = None, model_dir=None):
+    def __init__(self, model, dataset: Dataset, feedback=None, config: ServeConfig | None = None, model_dir=None,
+                 query_encoder: Callable | None = None):
         if model.n_items != dataset.n_items:
             raise ServingError(f"the model has {model.n_items} items but dataset {dataset.name!r} has {dataset.n_items}")
         self.model, self.dataset, self.config = model, dataset, config or ServeConfig()
@@ -513,7 +519,9 @@ class RecommendationService:
         popular = MostPopular().fit(dataset.sequences, dataset.n_items).scores
         self.popular = np.argsort(-popular[1:], kind="stable")[:MAX_K] + 1
         self.feedback = FeedbackStore.at(feedback) if feedback is not None else None
-        if getattr(model, "has_text", False): model.query_vectors(["warm-up"])  # load the text encoder now, not in a request
+        # texts -> vectors for /search: the model's own text tower, on the caller's thread, unless given another
+        self.encode_queries = query_encoder or getattr(model, "query_vectors", None)
+        if getattr(model, "has_text", False): self.encode_queries(["warm-up"])  # load the encoder now, not in a request
 
     @classmethod
     def from_dir(cls, model_dir, feedback=None, config: ServeConfig | None = None) -> "RecommendationService":
@@ -526,7 +534,17 @@ class RecommendationService:
 
         dataset = load_dataset(model.dataset)
         check_trained_on(model_dir, model, dataset)  # the data may have changed since: refuse, naming both
-        return cls(model, dataset, feedback, config, model_dir)
+        search_process = (config or ServeConfig()).search_process and getattr(model, "has_text", False)
+        encoder = QueryEncoderProcess(model_dir) if search_process else None
+        try: return cls(model, dataset, feedback, config, model_dir, encoder)
+        except BaseException:
+            if encoder is not None: encoder.close()
+            raise
+
+    def close(self) -> None:
+        "Close the feedback store and stop the search process, if there are any."
+        if self.feedback is not None: self.feedback.close()
+        if isinstance(self.encode_queries, QueryEncoderProcess): self.encode_queries.close()
 
     def _items(self, ids, scores) -> list[dict]:
         return [{**self.catalogue.record(int(i)), "score": round(float(s), 4)} for i, s in zip(ids, scores)]
@@ -584,7 +602,7 @@ class RecommendationService:
         if not getattr(self.model, "has_text", False):
             raise ServingError(f"this model ({self.model.kind}) has no text tower, so it cannot search by text: "
                                "serve a twotower model", "query", status=400)
-        vectors = np.asarray(self.model.query_vectors([text for text, _ in queries]), dtype=np.float32)
+        vectors = np.asarray(self.encode_queries([text for text, _ in queries]), dtype=np.float32)
         found = top_items(self.index, vectors, max(k for _, k in queries))
         return [{"query": text, "items": self._items(ids[:k], scores[:k])} for (text, k), (ids, scores) in zip(queries, found)]
 
@@ -608,6 +626,56 @@ class RecommendationService:
                                          "asin": self.catalogue.keys[item_id - 1], "history": history_ids.tolist()})
         except sqlite3.OperationalError as error:  # locked past the timeout, disk full, read-only: the client may retry
             raise ServingError(f"the feedback store could not store the event ({error}); try again", "feedback", 503) from None
+
+# %% ../nbs/06_serving.ipynb #a831c0cf
+def on_parent_exit(stop: Callable) -> None:
+    "Call `stop` once the process that started this one has ended, however it ended (it is then handed to another parent)."
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent: time.sleep(0.5)
+        stop()
+
+    threading.Thread(target=watch, daemon=True, name="recbook-parent-watch").start()
+
+
+_query_model = None  # the search process's model
+
+
+def _start_query_encoder(model_dir: str, threads: int, niceness: int) -> None:
+    global _query_model
+    os.nice(niceness)
+    torch.set_num_threads(threads)
+    on_parent_exit(lambda: os._exit(0))  # a server killed with SIGKILL leaves no orphan behind
+    _query_model = load_recommender(model_dir)
+    _query_model.query_vectors(["warm-up"])
+
+
+def _encode_queries(texts: list[str]) -> np.ndarray: return _query_model.query_vectors(texts)
+
+
+class QueryEncoderProcess:
+    """`query_vectors` of the model in `model_dir`, computed in a child process of lower CPU priority (`niceness`) with
+    `threads` torch threads: encoding search queries then neither holds this process's GIL nor takes the cores that
+    /recommend needs. Called like `query_vectors`; `close()` stops the process."""
+
+    def __init__(self, model_dir, threads: int = 1, niceness: int = 19):
+        from recbook import serving  # the package's functions: a new process cannot import a notebook's definitions
+
+        self._encode = serving._encode_queries
+        self.executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=serving._start_query_encoder,
+                                            initargs=(str(model_dir), threads, niceness))
+        try: self.pid = self.executor.submit(os.getpid).result()  # started and loaded now, not in the first search
+        except BrokenProcessPool:
+            raise ServingError(f"{model_dir}: the search process could not load the model (its error is above)") from None
+
+    def __call__(self, texts) -> np.ndarray:
+        try: return self.executor.submit(self._encode, list(texts)).result()
+        except BrokenProcessPool:
+            raise ServingError("the search process has stopped; restart the server", "query", 503) from None
+
+    def close(self) -> None: self.executor.shutdown(wait=True, cancel_futures=True)
 
 # %% ../nbs/06_serving.ipynb #0e440730
 class MicroBatcher:
@@ -992,7 +1060,8 @@ def make_app(service: RecommendationService):
         return _json({"status": "ok", "pid": os.getpid(), "model": service.model.kind, "model_dir": service.model_dir,
                       "dataset": service.dataset.name, "items": service.dataset.n_items, "text_search": bool(
                           getattr(service.model, "has_text", False)),
-                      "index": service.index.kind, "feedback_log": None if service.feedback is None else str(service.feedback.path),
+                      "index": service.index.kind, "search_process": getattr(service.encode_queries, "pid", None),
+                      "feedback_log": None if service.feedback is None else str(service.feedback.path),
                       "feedback_events": None if service.feedback is None else service.feedback.count,
                       "batches": recommender.batches, "batched_requests": recommender.requests,
                       "fast_path_requests": answered["fast path"],
@@ -1049,21 +1118,12 @@ def run_server(model_dir, host: str = "127.0.0.1", port: int = 8000, feedback=No
         timer.daemon = True
         timer.start()
 
-    def stop_with_parent(stop: Callable) -> None:
-        "When the starting process dies (even by SIGKILL), this one is handed to another parent: stop then."
-        parent = os.getppid()
-
-        def watch():
-            while os.getppid() == parent: time.sleep(0.5)
-            stop()
-
-        threading.Thread(target=watch, daemon=True, name="recbook-parent-watch").start()
-
     if workers > 1:
         stop_manager = lambda: os.kill(os.getpid(), signal.SIGTERM)  # the same clean shutdown of every worker as an operator's
         if exit_after: stop_after(exit_after, stop_manager)
-        if exit_with_parent: stop_with_parent(stop_manager)
-        RecommendationService.from_dir(model_dir, feedback, config).feedback.close()  # bad input fails here, once
+        if exit_with_parent: on_parent_exit(stop_manager)
+        # bad input fails here, once (and with no search process: the workers start their own)
+        RecommendationService.from_dir(model_dir, feedback, replace(config or ServeConfig(), search_process=False)).close()
         os.environ[WORKER_SETTINGS] = json.dumps({"model_dir": str(model_dir), "feedback": None if feedback is None else
                                                   str(feedback), "config": asdict(config or ServeConfig()),
                                                   "threads": threads})
@@ -1077,12 +1137,11 @@ def run_server(model_dir, host: str = "127.0.0.1", port: int = 8000, feedback=No
                                            access_log=False, timeout_graceful_shutdown=5))
     # counted from now, when the model is loaded; uvicorn's own flag ends it cleanly, exit status 0, store closed
     if exit_after: stop_after(exit_after, lambda: setattr(server, "should_exit", True))
-    if exit_with_parent: stop_with_parent(lambda: setattr(server, "should_exit", True))
+    if exit_with_parent: on_parent_exit(lambda: setattr(server, "should_exit", True))
     print(f"recbook serve: {model_dir} ({service.model.kind}, {service.dataset.n_items:,} items, {service.index.kind} "
           f"index) on http://{host}:{port}  (API docs: http://{host}:{port}/docs)", flush=True)
     try: server.run()
-    finally:
-        if service.feedback is not None: service.feedback.close()
+    finally: service.close()
 
 # %% ../nbs/06_serving.ipynb #594444e5
 def free_port(host: str = "127.0.0.1") -> int:

@@ -3,6 +3,7 @@ import dataclasses
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -392,6 +393,27 @@ def test_search_by_free_text(server):
     status, answer = call(server.url, "/search", {"query": "  gentle moisturiser for dry skin ", "k": 5})
     assert status == 200 and answer["query"] == "gentle moisturiser for dry skin"
     assert_ranked(answer, 5)
+
+
+def test_searches_are_encoded_in_a_lower_priority_process_that_ends_with_the_server(twotower_dir, tiny, tmp_path):
+    "`recbook serve` encodes /search queries in a child process of its own, at a lower CPU priority, with the same answers."
+    model = load_recommender(twotower_dir)
+    expected = RecommendationService(model, tiny[0]).search_batch([("gentle moisturiser", 5)])[0]
+    with serve(twotower_dir, tmp_path) as server:
+        health = call(server.url, "/healthz")[1]
+        searcher = health["search_process"]
+        assert searcher not in (None, health["pid"]) and _running(searcher)
+        assert os.getpriority(os.PRIO_PROCESS, searcher) > os.getpriority(os.PRIO_PROCESS, health["pid"])
+        status, answer = call(server.url, "/search", {"query": "gentle moisturiser", "k": 5})
+        assert status == 200 and [i["id"] for i in answer["items"]] == [i["id"] for i in expected["items"]]
+        assert [i["score"] for i in answer["items"]] == pytest.approx([i["score"] for i in expected["items"]], abs=1e-3)
+        os.kill(health["pid"], signal.SIGKILL)  # the server alone, not its process group: it cannot stop its child
+    deadline = time.monotonic() + 30
+    while _running(searcher) and time.monotonic() < deadline: time.sleep(0.2)
+    assert not _running(searcher), "the search process outlived its server"
+    with BackgroundServer(twotower_dir, exit_after=600, args=["--search-thread"], log=tmp_path / "thread.log") as server:
+        health = call(server.url, "/healthz")[1]
+        assert health["search_process"] is None and call(server.url, "/search", {"query": "gentle moisturiser"})[0] == 200
 
 
 def test_search_without_a_text_tower_says_why(sasrec_server):
