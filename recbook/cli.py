@@ -146,11 +146,10 @@ def _refuse_another_runs_checkpoint(out: Path, kind: str, towers, training, init
 def train(args) -> None:
     from recbook.data import load_dataset
 
-    from recbook.training import (FULL_TOWERS, FULL_TRAINING, SMOKE_TOWERS, SMOKE_TRAINING, library_code_hash,
-                                  load_train_config, train_model)
+    from recbook.training import default_settings, library_code_hash, load_train_config, train_model
 
     library_code_hash()  # fixed now, before training: the run record names the code that was loaded
-    towers, training = (SMOKE_TOWERS, SMOKE_TRAINING) if args.smoke else (FULL_TOWERS, FULL_TRAINING)
+    towers, training = default_settings(args.model, args.smoke)
     if args.config: towers, training = load_train_config(args.config, towers, training)
     if args.text_encoder: towers = replace(towers, text_encoder=args.text_encoder)
     if args.epochs: training = replace(training, epochs=args.epochs)
@@ -165,10 +164,11 @@ def train(args) -> None:
 
 
 def runs(args) -> None:
+    from functools import partial
+
     from recbook.data import load_dataset
     from recbook.pretraining import FULL_CONFIG, SMOKE_CONFIG
-    from recbook.training import (CHAPTER_VARIANTS, FULL_TOWERS, FULL_TRAINING, SMOKE_TOWERS, SMOKE_TRAINING,
-                                  ensure_runs)
+    from recbook.training import CHAPTER_VARIANTS, default_settings, ensure_runs
 
     known = {v.name: v for v in CHAPTER_VARIANTS}
     unknown = [name for name in args.variants or [] if name not in known]
@@ -176,9 +176,9 @@ def runs(args) -> None:
     variants = [known[name] for name in args.variants] if args.variants else list(CHAPTER_VARIANTS)
     if any(v.init_from_bert4rec for v in variants) and not any(v.kind == "bert4rec" for v in variants):
         variants.insert(0, known["bert4rec"])  # behaviour pretraining starts from the same seed's BERT4Rec run
-    towers, training = (SMOKE_TOWERS, SMOKE_TRAINING) if args.smoke else (FULL_TOWERS, FULL_TRAINING)
-    table = ensure_runs(load_dataset(args.dataset), variants, args.seeds, args.records, args.work, towers, training,
-                        SMOKE_CONFIG if args.smoke else FULL_CONFIG, progress=args.progress,
+    table = ensure_runs(load_dataset(args.dataset), variants, args.seeds, args.records, args.work,
+                        partial(default_settings, smoke=args.smoke), SMOKE_CONFIG if args.smoke else FULL_CONFIG,
+                        progress=args.progress,
                         say=lambda line: print(line, flush=True))
     columns = ["variant", "seed", "test HR@10", "test NDCG@10", "best_epoch", "seconds_per_epoch", "current"]
     print(table[columns].round(4).to_string(index=False))
@@ -186,9 +186,9 @@ def runs(args) -> None:
 
 def tune(args) -> None:
     from recbook.data import atomic_write, load_dataset
-    from recbook.training import FULL_TOWERS, FULL_TRAINING, SMOKE_TOWERS, SMOKE_TRAINING, tune as search
+    from recbook.training import default_settings, tune as search
 
-    towers, training = (SMOKE_TOWERS, SMOKE_TRAINING) if args.smoke else (FULL_TOWERS, FULL_TRAINING)
+    towers, training = default_settings(args.model, args.smoke)
     if args.text_encoder: towers = replace(towers, text_encoder=args.text_encoder)
     best = search(args.model, load_dataset(args.dataset), args.trials, args.epochs, args.timeout, towers, training,
                   seed=args.seed)

@@ -28,14 +28,15 @@ from .towers import (SASRecRecommender, TowerConfig, TwoTower, TwoTowerRecommend
                             full_softmax_loss, mixed_negatives, sampled_softmax_loss)
 
 # %% auto #0
-__all__ = ['FULL_TOWERS', 'SMOKE_TOWERS', 'FULL_TRAINING', 'SMOKE_TRAINING', 'QUICKSTART_TRAINING', 'MODEL_KINDS', 'RUN_RECORD',
-           'RECORD_MODULES', 'RECORD_ROOTS', 'CHAPTER_VARIANTS', 'TUNE_REPORT', 'TrainConfig', 'epoch_batches',
-           'next_item_batch', 'warmup_cosine', 'save_checkpoint', 'Interrupted', 'fit', 'build_network',
-           'Bert4RecRecommender', 'init_from_bert4rec', 'train_model', 'fine_tune', 'check_trained_on',
-           'cold_start_metrics', 'summarise_runs', 'itemknn_on_validation', 'code_hash', 'library_code_hash',
-           'dataset_fingerprint', 'describe_device', 'run_provenance', 'run_record', 'write_run_record',
-           'read_run_record', 'record_is_current', 'paired_comparison', 'Variant', 'ensure_runs', 'load_run_records',
-           'load_train_config', 'suggest_settings', 'tune', 'TrainedModel', 'load_trained']
+__all__ = ['FULL_TOWERS', 'SMOKE_TOWERS', 'FULL_TRAINING', 'SMOKE_TRAINING', 'QUICKSTART_TRAINING', 'SASREC_TOWERS',
+           'SASREC_TRAINING', 'MODEL_KINDS', 'RUN_RECORD', 'RECORD_MODULES', 'RECORD_ROOTS', 'CHAPTER_VARIANTS',
+           'TUNE_REPORT', 'TrainConfig', 'epoch_batches', 'next_item_batch', 'warmup_cosine', 'save_checkpoint',
+           'Interrupted', 'fit', 'default_settings', 'build_network', 'Bert4RecRecommender', 'init_from_bert4rec',
+           'train_model', 'fine_tune', 'check_trained_on', 'cold_start_metrics', 'summarise_runs',
+           'itemknn_on_validation', 'code_hash', 'library_code_hash', 'dataset_fingerprint', 'describe_device',
+           'run_provenance', 'run_record', 'write_run_record', 'read_run_record', 'record_is_current',
+           'paired_comparison', 'Variant', 'ensure_runs', 'load_run_records', 'load_train_config', 'suggest_settings',
+           'tune', 'TrainedModel', 'load_trained']
 
 # %% ../nbs/04_training.ipynb #fb75c7b5
 @dataclass
@@ -277,7 +278,23 @@ SMOKE_TRAINING = TrainConfig(epochs=3, batch_size=64, warmup_steps=5, patience=3
 # `recbook quickstart` on a CPU: the sampled softmax reaches in 12 epochs what the full one reaches in 8, at a third of
 # the cost per epoch (see "Sampled softmax" below); a GPU trains FULL_TRAINING
 QUICKSTART_TRAINING = TrainConfig(epochs=12, batch_size=64, loss="sampled")
+# SASRec trains RecBole's way: every prefix of a history an example of its own, batch 256, Adam at a constant rate,
+# no weight decay, no clipping (a bound no gradient reaches), dropout 0.5, patience 10. On validation it beat the
+# whole-history defaults for each of three seeds (see "the data pipeline" below); the other kinds keep FULL_TRAINING
+SASREC_TOWERS = replace(FULL_TOWERS, dropout=0.5)
+SASREC_TRAINING = replace(FULL_TRAINING, examples="prefixes", batch_size=256, weight_decay=0.0, warmup_steps=0,
+                          clip_norm=1e9, epochs=200, patience=10)
 MODEL_KINDS = ("twotower", "sasrec", "bert4rec")
+
+
+def default_settings(kind: str, smoke: bool = False) -> tuple[TowerConfig, TrainConfig]:
+    """Chapter 4's towers and training for a model `kind`, as `recbook train`, `runs` and `tune` start from them; `smoke`:
+    the small, quick versions of the same settings (a few epochs on `beauty-tiny`)."""
+    if kind not in MODEL_KINDS: raise EvaluationError(f"unknown model kind {kind!r}: choose from {', '.join(MODEL_KINDS)}")
+    if kind == "sasrec":
+        if smoke: return replace(SMOKE_TOWERS, dropout=SASREC_TOWERS.dropout), replace(SASREC_TRAINING, epochs=3, patience=3)
+        return SASREC_TOWERS, SASREC_TRAINING
+    return (SMOKE_TOWERS, SMOKE_TRAINING) if smoke else (FULL_TOWERS, FULL_TRAINING)
 
 
 def build_network(kind: str, ds: Dataset, towers: TowerConfig, device=None, seed: int = 0) -> TwoTower:
@@ -340,7 +357,8 @@ def init_from_bert4rec(network: TwoTower, bert4rec_dir) -> TwoTower:
 def train_model(kind: str, ds: Dataset, out_dir, towers: TowerConfig = FULL_TOWERS, training: TrainConfig = FULL_TRAINING,
                 device=None, progress: bool = False, log: bool = True, init_from=None) -> dict:
     """What `recbook train` runs: train `kind` on leave-one-out training sequences, keep the best validation epoch,
-    write the model directory and return the test metrics there.
+    write the model directory and return the test metrics there. `towers` and `training` default to the two-tower
+    model's settings; pass `default_settings(kind)` for another kind's own, as `recbook train` does.
 
     The directory gets `history.csv`, `metrics.json` and `run.json`, the run record (see *Run records* below).
     `init_from`: a bert4rec model directory whose item embeddings start the ID part of the item tower."""
@@ -697,11 +715,10 @@ def _fresh_directory(folder: Path, stamp: dict) -> Path:
     return folder
 
 
-def ensure_runs(ds: Dataset, variants, seeds, records, work, towers: TowerConfig = FULL_TOWERS,
-                training: TrainConfig = FULL_TRAINING, text_config=FULL_TEXT_BERT, device=None,
-                progress: bool = False, say=print) -> pd.DataFrame:
+def ensure_runs(ds: Dataset, variants, seeds, records, work, settings=default_settings, text_config=FULL_TEXT_BERT,
+                device=None, progress: bool = False, say=print) -> pd.DataFrame:
     """Train every (variant, seed) whose record in `records` is missing or stale, write its record, and return the
-    table of all of them (`load_run_records`). Models, checkpoints and chapter 2's text BERT live under `work`; an
+    table of all of them (`load_run_records`). `settings(kind)` gives a model kind's towers and training. Models, checkpoints and chapter 2's text BERT live under `work`; an
     interrupted run resumes from its checkpoint there when called again with the same code and request."""
     from recbook.pretraining import run_text_pretraining
 
@@ -725,6 +742,7 @@ def ensure_runs(ds: Dataset, variants, seeds, records, work, towers: TowerConfig
 
     def finished_run(variant: Variant, seed: int) -> Path:
         "The work folder of a finished run of (variant, seed) by this code, on this data, as asked: trained if need be."
+        towers, training = settings(variant.kind)
         seeded = replace(training, seed=seed)
         stamp = {"request": _requested(variant, towers, seeded, text_config), "code_sha256": code, "dataset": fingerprint}
         out = _fresh_directory(work / f"{variant.name}-seed{seed}", stamp)
@@ -745,6 +763,7 @@ def ensure_runs(ds: Dataset, variants, seeds, records, work, towers: TowerConfig
     for seed in seeds:
         for variant in variants:
             path = records / f"{variant.name}-seed{seed}.json"
+            towers, training = settings(variant.kind)
             request = _requested(variant, towers, replace(training, seed=seed), text_config)
             if path.is_file():
                 old = read_run_record(path)
@@ -804,14 +823,16 @@ def suggest_settings(trial, kind: str) -> dict:
 
 
 def tune(kind: str, ds: Dataset, trials: int = 20, epochs: int = 20, timeout: float | None = None,
-         towers: TowerConfig = FULL_TOWERS, training: TrainConfig = FULL_TRAINING, seed: int = 0, device=None) -> dict:
+         towers: TowerConfig | None = None, training: TrainConfig | None = None, seed: int = 0, device=None) -> dict:
     """Search `suggest_settings` with Optuna (TPE, median pruning) for the best validation NDCG@10 of `kind` on `ds`
-    within `trials` trials of at most `epochs` epochs (and `timeout` seconds). Returns the best configuration in
-    `load_train_config`'s format, with the search's trials."""
+    within `trials` trials of at most `epochs` epochs (and `timeout` seconds), starting from `towers` and `training`
+    (by default `default_settings(kind)`). Returns the best configuration in `load_train_config`'s format, with the
+    search's trials."""
     import optuna
     from recbook.data import leave_one_out
 
     if kind not in ("sasrec", "twotower"): raise EvaluationError(f"tune trains sasrec or twotower models, not {kind!r}")
+    towers, training = towers or default_settings(kind)[0], training or default_settings(kind)[1]
     split = leave_one_out(ds)
 
     def objective(trial) -> float:

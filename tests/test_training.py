@@ -257,17 +257,23 @@ def test_code_hash_covers_what_a_run_executes_and_nothing_else(tmp_path):
 
 
 def test_ensure_runs_trains_only_what_is_missing_or_stale(tmp_path):
-    from recbook.training import CHAPTER_VARIANTS, SMOKE_TOWERS, SMOKE_TRAINING, ensure_runs, write_run_record
+    from recbook.training import CHAPTER_VARIANTS, default_settings, ensure_runs, write_run_record
     from recbook.pretraining import SMOKE_CONFIG
 
     ds = load_dataset("beauty-tiny")
     variants = [v for v in CHAPTER_VARIANTS if v.name in ("sasrec", "twotower-minilm-text-only")]
     said = []
-    args = (ds, variants, [0], tmp_path / "records", tmp_path / "work", SMOKE_TOWERS, replace(SMOKE_TRAINING, epochs=1),
-            SMOKE_CONFIG, "cpu")
+
+    def one_epoch(kind):
+        towers, training = default_settings(kind, smoke=True)
+        return towers, replace(training, epochs=1)
+
+    args = (ds, variants, [0], tmp_path / "records", tmp_path / "work", one_epoch, SMOKE_CONFIG, "cpu")
     table = ensure_runs(*args, say=said.append)
     assert sorted(table.variant) == ["sasrec", "twotower-minilm-text-only"] and table["current"].all()
     assert sum(line.startswith("training") for line in said) == 2
+    trained_on = {r["variant"]: json.loads(Path(r["record"]).read_text())["training"]["examples"] for _, r in table.iterrows()}
+    assert trained_on == {"sasrec": "prefixes", "twotower-minilm-text-only": "sequences"}, "each kind its own settings"
     said.clear()
     ensure_runs(*args, say=said.append)
     assert not said, "nothing to train when every record is current"
@@ -291,8 +297,8 @@ def test_ensure_runs_builds_what_a_variant_needs_once(tmp_path):
     pick = lambda *names: [v for v in CHAPTER_VARIANTS if v.name in names]
     said = []
     run = lambda variants, seeds, work: ensure_runs(ds, variants, seeds, tmp_path / "records", tmp_path / work,
-                                                    SMOKE_TOWERS, replace(SMOKE_TRAINING, epochs=1), SMOKE_CONFIG, "cpu",
-                                                    say=said.append)
+                                                    lambda kind: (SMOKE_TOWERS, replace(SMOKE_TRAINING, epochs=1)),
+                                                    SMOKE_CONFIG, "cpu", say=said.append)
     run(pick("twotower-own-bert"), [0, 1], "work")
     assert sum(line.startswith("pretraining") for line in said) == 1
     run(pick("bert4rec"), [0], "work")
@@ -307,7 +313,7 @@ def test_committed_run_records_are_current():
     "The book's tables are built from results/: a record made by other library code or other data is stale."
     from recbook.training import read_run_record, record_is_current
 
-    from recbook.training import CHAPTER_VARIANTS, FULL_TEXT_BERT, FULL_TOWERS, FULL_TRAINING, _requested
+    from recbook.training import CHAPTER_VARIANTS, FULL_TEXT_BERT, _requested, default_settings
 
     folder = Path(__file__).resolve().parent.parent / "results" / "beauty"
     records = sorted(folder.glob("*.json"))
@@ -317,7 +323,8 @@ def test_committed_run_records_are_current():
         record = read_run_record(path)
         variant = variants[record["variant"]]
         assert path.name == f"{variant.name}-seed{record['seed']}.json"
-        chapter_request = _requested(variant, FULL_TOWERS, replace(FULL_TRAINING, seed=record["seed"]), FULL_TEXT_BERT)
+        towers, training = default_settings(variant.kind)
+        chapter_request = _requested(variant, towers, replace(training, seed=record["seed"]), FULL_TEXT_BERT)
         assert record_is_current(record, ds, chapter_request), f"{path.name} is stale: rerun `recbook runs` for it"
 
 
@@ -336,6 +343,7 @@ def test_tune_then_train_with_its_configuration(tmp_path):
     record = json.loads((tmp_path / "m" / "run.json").read_text())
     assert record["training"]["learning_rate"] == found["training"]["learning_rate"]
     assert record["model_settings"]["dropout"] == found["towers"]["dropout"]
+    assert record["training"]["examples"] == "prefixes", "tune and train start from SASRec's own defaults"
     # the best trial's validation figure is reproduced by training its configuration (same seed, same code)
     assert record["metrics"]["valid NDCG@10"] == pytest.approx(found["valid NDCG@10"], abs=1e-9)
 
