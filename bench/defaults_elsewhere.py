@@ -4,7 +4,7 @@ Issue 12 asks that a reader who brings their own data gets a good model from the
 baseline on small sparse catalogues once its recency decay is chosen on validation. Amazon Sports and Toys (the
 S3-Rec benchmark files, item ids only, `../shared/data/amazon-sports-toys/`) are the test: larger and sparser than
 Beauty, and never used to choose anything. For each dataset this trains SASRec exactly as `recbook train --model
-sasrec` does (chapter 4's `FULL_TOWERS`, `FULL_TRAINING`, seed 0), fits MostPopular and ItemKNN (its decay chosen on
+sasrec` does (chapter 4's `default_settings("sasrec")`, seed 0), fits MostPopular and ItemKNN (its decay chosen on
 validation), scores all three on test by full ranking, compares SASRec with ItemKNN user by user, and writes one
 record per dataset to results/defaults-elsewhere/. Runs resume from their checkpoints under --work.
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from benchlib import provenance
 from recbook.data import atomic_write, leave_one_out, load_dataset
 from recbook.evaluation import default_device, evaluate_full, fit_baseline
-from recbook.training import (FULL_TOWERS, FULL_TRAINING, RUN_RECORD, dataset_fingerprint, itemknn_on_validation,
+from recbook.training import (RUN_RECORD, dataset_fingerprint, default_settings, itemknn_on_validation,
                               library_code_hash, paired_comparison, read_run_record, train_model)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def main() -> None:
         ds = load_dataset(Path(args.data) / f"{name}.txt.gz")
         split = leave_one_out(ds)
         started = time.perf_counter()
-        train_model("sasrec", ds, Path(args.work) / name, FULL_TOWERS, FULL_TRAINING, device, log=False)
+        train_model("sasrec", ds, Path(args.work) / name, *default_settings("sasrec"), device, log=False)
         record = read_run_record(Path(args.work) / name / RUN_RECORD)
         sasrec_seconds = time.perf_counter() - started
         knn, knn_valid = itemknn_on_validation(split, ds.n_items, device=device)
