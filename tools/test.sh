@@ -24,6 +24,9 @@ quiet() {  # run a command; show its output (less pip's "Location ... is ignored
 
 phase "python environment (.venv)"
 [ -x .venv/bin/python ] || python3 -m venv .venv
+# the CPU build of torch from PyTorch's index (PyPI has only the CUDA one); the constraint keeps it in place
+quiet .venv/bin/python -m pip install --no-deps "$(grep '^torch==' constraints-cpu.txt)" \
+  --index-url https://download.pytorch.org/whl/cpu
 quiet .venv/bin/python -m pip install -e ".[dev]" -c constraints-cpu.txt
 done_phase
 
