@@ -112,6 +112,29 @@ def test_full_mode_runs_notest_cells_and_restores_the_caller(tmp_path):
     assert outs[1][0]["text"] == ["mode full\n"] and outs[3][0]["text"] == ["slow cell\n"] and outs[2] == []
 
 
+def test_a_full_run_also_times_smoke_mode_and_time_keeps_the_outputs(tmp_path):
+    "The front page shows both times; `time` measures a mode without touching the outputs the site shows."
+    path = write(tmp_path / "timed.ipynb", sample_notebook())
+    assert run_tool("run", path).returncode == 0
+    nb = json.loads(path.read_text())
+    timings, record = nb["metadata"]["recbook"]["timings"], nb["metadata"]["recbook"]["execution"]
+    device = "gpu" if record["device"].startswith("cuda") else "cpu"
+    assert sorted(timings) == [f"full-{device}", f"smoke-{device}"]
+    assert timings[f"full-{device}"]["seconds"] == record["seconds"] and record["mode"] == "full"
+    assert timings[f"smoke-{device}"]["code_sha256"] == record["code_sha256"]
+    assert outputs(nb)[1][0]["text"] == ["mode full\n"], "the smoke run's outputs are not kept"
+    nb["metadata"]["recbook"]["timings"][f"smoke-{device}"]["date"] = "2000-01-01T00:00:00+00:00"
+    write(path, nb)
+    assert run_tool("time", path).returncode == 0
+    timed = json.loads(path.read_text())
+    assert timed["metadata"]["recbook"]["timings"][f"smoke-{device}"]["date"] != "2000-01-01T00:00:00+00:00"
+    assert outputs(timed) == outputs(nb) and timed["metadata"]["recbook"]["execution"] == record
+    del timed["metadata"]["recbook"]["timings"][f"smoke-{device}"]
+    untimed = write(tmp_path / "untimed.ipynb", timed)
+    result = run_tool("check", untimed)
+    assert result.returncode == 1 and "no smoke-mode timing" in result.stdout
+
+
 def test_a_failing_notebook_is_left_unchanged(tmp_path):
     path = write(tmp_path / "broken.ipynb", sample_notebook("print('before')", "1 / 0", "print('after')"))
     before = path.read_bytes()

@@ -4,11 +4,15 @@ The committed notebooks carry the outputs readers see on the site (the site neve
 outputs must come from the current code. `run` executes a notebook in-process with execnb's CaptureShell (no
 Jupyter kernel needed, so it also works on a bare GPU machine that has only execnb, fastcore and IPython),
 stores the outputs, and records in the notebook's metadata under ``recbook.execution``: the hash of its code,
-the mode, the device, the date, the seconds taken and the versions. `check` fails for any notebook whose code
-no longer matches its record.
+the mode, the device, the date, the seconds taken and the versions. A full-mode `run` then times the notebook in
+smoke mode too, without keeping that run's outputs, under ``recbook.timings``, one per mode and kind of device
+(`time` does that alone), so the
+front page can say how long each chapter takes both ways. `check` fails for any notebook whose code no longer
+matches its record or its smoke timing.
 
-    python tools/notebooks.py run nbs/01_data.ipynb            # full mode: the outputs the site shows
+    python tools/notebooks.py run nbs/01_data.ipynb            # full mode: the outputs the site shows (+ smoke timing)
     python tools/notebooks.py run nbs/01_data.ipynb --mode smoke
+    python tools/notebooks.py time nbs/01_data.ipynb           # smoke mode, timed; the stored outputs stay
     python tools/notebooks.py check                            # exit 1 if any notebook's outputs are stale
 
 Cells are skipped exactly as ``nbdev.test.test_nb`` skips them (cells calling ``nbdev_export(``, ``#| eval:
@@ -202,6 +206,9 @@ def _notebook_context(path: Path, mode: str):
             os.environ["RECBOOK_MODE"] = old_mode
 
 
+TIMED_FIELDS = ("code_sha256", "mode", "device", "date", "seconds", "git_commit")  # what a timing keeps of a run
+
+
 def _execute(path: Path, mode: str, forced=()):
     "The notebook at `path`, executed in `mode`, with its outputs and execution record; raises SystemExit on error."
     from execnb.nbio import read_nb
@@ -230,7 +237,13 @@ def _execute(path: Path, mode: str, forced=()):
               "seconds": round(time.time() - start, 1), "python": platform.python_version(),
               "torch": _version("torch"), "recbook_version": recbook_version, "git_commit": _git_commit()}
     nb.metadata.setdefault("recbook", {})["execution"] = record
+    nb.metadata["recbook"].setdefault("timings", {})[timing_key(mode, has_gpu)] = {k: record[k] for k in TIMED_FIELDS}
     return nb
+
+
+def timing_key(mode: str, has_gpu: bool) -> str:
+    "Where a notebook keeps the timing of a run: one per mode and kind of device ('smoke-cpu', 'full-gpu', ...)."
+    return f"{mode}-{'gpu' if has_gpu else 'cpu'}"
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -247,15 +260,32 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def run(path: Path, mode: str = "full", forced=()) -> dict:
-    "Execute the notebook at `path`; on success store its outputs and execution record, cleaned; returns the record."
+def run(path: Path, mode: str = "full", forced=(), smoke_timing: bool = True) -> dict:
+    """Execute the notebook at `path`; on success store its outputs and execution record, cleaned; returns the record.
+    After a full-mode run, `smoke_timing` also times the notebook in smoke mode (see `time_notebook`)."""
     from execnb.nbio import nb2str
 
     path = Path(path).resolve()
     nb = _execute(path, mode, forced)
     clean(nb)
     write_atomically(path, nb2str(nb))
+    if mode == "full" and smoke_timing:
+        time_notebook(path, "smoke", forced)
     return nb.metadata["recbook"]["execution"]
+
+
+def time_notebook(path: Path, mode: str = "smoke", forced=()) -> dict:
+    """Execute the notebook at `path` in `mode` only to time it: the file keeps its outputs and execution record and
+    gains ``recbook.timings[timing_key(mode, ...)]`` (the code hash, device, date and seconds of this run)."""
+    from execnb.nbio import nb2str, read_nb
+
+    path = Path(path).resolve()
+    key = timing_key(mode, device_description()[1])
+    timing = _execute(path, mode, forced).metadata["recbook"]["timings"][key]
+    nb = read_nb(path)
+    nb.metadata.setdefault("recbook", {}).setdefault("timings", {})[key] = timing
+    write_atomically(path, nb2str(nb))
+    return timing
 
 
 def staleness(path: Path) -> str | None:
@@ -266,6 +296,11 @@ def staleness(path: Path) -> str | None:
         return "no execution record"
     if record.get("code_sha256") != code_hash(nb):
         return f"code changed since its outputs were made ({record.get('date')}, {record.get('mode')} mode)"
+    smoke = [t for key, t in nb["metadata"]["recbook"].get("timings", {}).items() if key.startswith("smoke-")]
+    if not smoke:
+        return "no smoke-mode timing"
+    if all(t.get("code_sha256") != code_hash(nb) for t in smoke):
+        return f"code changed since its smoke-mode timing ({max(t.get('date', '') for t in smoke)})"
     return None
 
 
@@ -286,13 +321,22 @@ def main(argv=None) -> int:
     run_cmd.add_argument("notebooks", nargs="+", type=Path)
     run_cmd.add_argument("--mode", choices=["full", "smoke"], default="full")
     run_cmd.add_argument("--flags", default="", help="space-separated tst_flags to run anyway, as nbdev_test's")
+    run_cmd.add_argument("--no-smoke-timing", action="store_true", help="after a full-mode run, do not time smoke mode")
+    time_cmd = commands.add_parser("time", help="execute notebooks only to time them (their outputs stay)")
+    time_cmd.add_argument("notebooks", nargs="+", type=Path)
+    time_cmd.add_argument("--mode", choices=["full", "smoke"], default="smoke")
     check_cmd = commands.add_parser("check", help="exit 1 if any notebook's outputs are stale or unrecorded")
     check_cmd.add_argument("notebooks", nargs="*", type=Path)
     args = parser.parse_args(argv)
     if args.command == "run":
         for path in args.notebooks:
-            record = run(path, args.mode, args.flags.split())
+            record = run(path, args.mode, args.flags.split(), smoke_timing=not args.no_smoke_timing)
             print(f"{_shown(path)}: {record['mode']} mode on {record['device']} in {record['seconds']} s")
+        return 0
+    if args.command == "time":
+        for path in args.notebooks:
+            timing = time_notebook(path, args.mode)
+            print(f"{_shown(path)}: timed in {timing['mode']} mode on {timing['device']}: {timing['seconds']} s")
         return 0
     problems = {path: staleness(path) for path in args.notebooks or notebooks()}
     problems = {path: why for path, why in problems.items() if why}
