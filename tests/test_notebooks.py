@@ -62,3 +62,26 @@ def test_notebooks_are_clean(tmp_path):
     subprocess.run([str(BIN / "nbdev_clean")], cwd=copy, check=True, capture_output=True, timeout=300)
     changed = _differences(ROOT / "nbs", copy / "nbs", "*.ipynb")
     assert changed == [], f"nbdev_clean would change nbs/{changed}: run nbdev_clean and commit"
+
+
+CHAPTERS = [p for p in NOTEBOOKS if p.name[:2].isdigit()]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem for p in CHAPTERS])
+def test_every_chapter_has_the_courses_shape(path):
+    "Why it matters first, then the chapter, and a summary, exercises and references at its end, in that order."
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    headings = [line for c in nb["cells"] if c["cell_type"] == "markdown"
+                for line in "".join(c["source"]).splitlines() if line.startswith("## ")]
+    shape = ["## Why it matters", "## Summary", "## Exercises", "## References"]
+    assert [h for h in headings if h in shape] == shape, headings
+    assert headings[0] == shape[0] and headings[-3:] == shape[1:], headings
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_no_stderr_stored_with_the_outputs(path):
+    "Progress bars, warnings and other stderr noise stay out of what the site shows."
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    noise = ["".join(o["text"])[:200] for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
+             if o.get("output_type") == "stream" and o.get("name") == "stderr"]
+    assert noise == [], noise[:3]
