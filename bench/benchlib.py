@@ -13,7 +13,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def provenance(device) -> dict:
-    "Device, versions, date and git commit (the library's run provenance), and whether the checkout was dirty."
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                text=True, cwd=Path(__file__).parent).stdout.strip())
+    """Device, versions, date and git commit (the library's run provenance), and whether the checkout was dirty:
+    tracked files changed since that commit, other than the benchmarks' own records (a rerun rewrites them)."""
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                 ":(exclude)results"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent).stdout.strip())
     return {**run_provenance(torch.device(device)), "git_dirty": dirty}
