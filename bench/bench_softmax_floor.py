@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from benchlib import RESULTS, describe, provenance
-from recbook.data import atomic_write, leave_one_out, left_padded, load_dataset
+from recbook.data import atomic_write, leave_one_out, load_dataset
 from recbook.evaluation import default_device
+from recbook.pretraining import left_padded
 from recbook.towers import full_softmax_loss
 from recbook.training import FULL_TOWERS, FULL_TRAINING, build_network, epoch_batches, fit, next_item_batch
 
