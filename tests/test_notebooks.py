@@ -85,3 +85,56 @@ def test_no_stderr_stored_with_the_outputs(path):
     noise = ["".join(o["text"])[:200] for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
              if o.get("output_type") == "stream" and o.get("name") == "stderr"]
     assert noise == [], noise[:3]
+
+
+def _library_vocabulary() -> tuple[set[str], set[str]]:
+    "Every name the library defines (modules, classes and their attributes) and every parameter or field name."
+    import dataclasses
+    import importlib
+    import inspect
+
+    names, parameters = set(), set()
+    for module in ("data", "pretraining", "towers", "training", "evaluation", "serving"):
+        for name, value in vars(importlib.import_module(f"recbook.{module}")).items():
+            names.add(name)
+            if inspect.isclass(value):
+                names.update(vars(value))
+                if dataclasses.is_dataclass(value): parameters.update(f.name for f in dataclasses.fields(value))
+            for function in [value, *vars(value).values()] if inspect.isclass(value) else [value]:
+                if callable(function):
+                    try:
+                        parameters.update(inspect.signature(function).parameters)
+                    except (TypeError, ValueError):
+                        pass
+    return names, parameters
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem for p in CHAPTERS])
+def test_exercises_name_what_exists(path):
+    "What an exercise gives in backticks — a library name, a setting, a command line or a flag — exists as written."
+    import re
+    import shlex
+
+    from recbook.cli import build_parser
+
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    text = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    exercises = text.split("## Exercises", 1)[1].split("\n## ", 1)[0]
+    names, parameters = _library_vocabulary()
+    parser = build_parser()
+    flags = {flag for action in parser._subparsers._group_actions for sub in action.choices.values()
+             for option in sub._actions for flag in option.option_strings}
+    wrong = []
+    for quoted in re.findall(r"`([^`]+)`", exercises):
+        if quoted.startswith("recbook "):
+            try:
+                parser.parse_args(shlex.split(quoted)[1:])
+            except SystemExit:
+                wrong.append(quoted)
+        elif quoted.startswith("--"):
+            if quoted.split()[0] not in flags: wrong.append(quoted)
+        elif match := re.fullmatch(r"([A-Za-z_]\w*)(=.*|\(.*)?", quoted, flags=re.S):
+            name, rest = match.groups()
+            known = parameters if rest and rest.startswith("=") else names
+            if name not in known: wrong.append(quoted)
+    assert wrong == [], f"{path.name}: exercises name what the library does not have: {wrong}"
