@@ -11,7 +11,8 @@ ordered by time, grouped by user) is the book's. It trains RecBole's SASRec with
 .0556 on Beauty (hidden 64, inner 256, 2 layers, 2 heads, dropout 0.5, full-softmax CE loss, batch 256, Adam at
 1e-3, at most 50 items), timing each training epoch alone; then the book's SASRec for as many epochs with chapter 4's
 defaults (every prefix an example, as RecBole does) and with whole histories (one example per user). RecBole's
-numpy-2 and torch>=2.6 incompatibilities are patched here, not in RecBole. Prints the seconds per epoch and the
+numpy-2 incompatibilities are patched here, not in RecBole. Each of the three is measured in a fresh process of its
+own, so that none inherits another's threads, allocator or library settings. Prints the seconds per epoch and the
 speed-ups, and writes bench/results/recbole-<device>.json; without RecBole it says so and writes nothing.
 
     python bench/bench_recbole.py [--epochs 2] [--dataset beauty]
@@ -19,12 +20,14 @@ speed-ups, and writes bench/results/recbole-<device>.json; without RecBole it sa
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import json
+import multiprocessing
 import statistics
-import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -51,8 +54,13 @@ def write_atomic_files(ds, folder: Path) -> None:
     (folder / "data" / "data.inter").write_text("\n".join(rows) + "\n")
 
 
-def recbole_epochs(ds, epochs: int, device: torch.device, folder: Path) -> list[float]:
+def recbole_epochs(dataset: str, epochs: int) -> list[float]:
     "Seconds of each of RecBole SASRec's first `epochs` training epochs (evaluation not included)."
+    with tempfile.TemporaryDirectory(prefix="recbole-") as folder:
+        return _recbole_epochs(load_dataset(dataset), epochs, default_device(), Path(folder))
+
+
+def _recbole_epochs(ds, epochs: int, device: torch.device, folder: Path) -> list[float]:
     for name, value in (("float_", np.float64), ("complex_", np.complex128), ("unicode_", np.str_)):
         if not hasattr(np, name): setattr(np, name, value)  # removed in numpy 2; RecBole's config reads them
     from recbole.config import Config
@@ -81,8 +89,9 @@ def recbole_epochs(ds, epochs: int, device: torch.device, folder: Path) -> list[
     return seconds
 
 
-def book_epochs(ds, epochs: int, device: torch.device, prefixes: bool) -> list[float]:
+def book_epochs(dataset: str, epochs: int, prefixes: bool) -> list[float]:
     "Seconds of each of the book's SASRec training epochs: chapter 4's defaults, or whole histories."
+    ds, device = load_dataset(dataset), default_device()
     towers, training = default_settings("sasrec") if prefixes else (FULL_TOWERS, FULL_TRAINING)
     network = build_network("sasrec", ds, towers, device, seed=0)
     history, _ = fit(network, leave_one_out(ds), replace(training, epochs=epochs, patience=epochs), device=device)
@@ -99,10 +108,13 @@ def main() -> None:
         return
     device = default_device()
     ds = load_dataset(args.dataset)
-    with tempfile.TemporaryDirectory(prefix="recbole-") as folder:
-        seconds = {"RecBole 1.2.1 SASRec (prefixes)": recbole_epochs(ds, args.epochs, device, Path(folder))}
-    seconds["recbook SASRec, chapter 4's defaults (prefixes)"] = book_epochs(ds, args.epochs, device, prefixes=True)
-    seconds["recbook SASRec, whole histories"] = book_epochs(ds, args.epochs, device, prefixes=False)
+    runs = {"RecBole 1.2.1 SASRec (prefixes)": (recbole_epochs, ()),
+            "recbook SASRec, chapter 4's defaults (prefixes)": (book_epochs, (True,)),
+            "recbook SASRec, whole histories": (book_epochs, (False,))}
+    seconds = {}
+    for name, (measure, extra) in runs.items():  # each in a fresh process
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            seconds[name] = pool.submit(measure, args.dataset, args.epochs, *extra).result()
     medians = {name: statistics.median(s) for name, s in seconds.items()}
     recbole = medians["RecBole 1.2.1 SASRec (prefixes)"]
     print(f"SASRec training epochs on {ds.name} ({len(ds.sequences):,} users, {ds.n_items:,} items), {describe(device)}, "
@@ -113,7 +125,7 @@ def main() -> None:
     record = {"benchmark": "SASRec epoch, recbook beside RecBole", "dataset": ds.name, "epochs": args.epochs,
               "recbole_settings": RECBOLE_SETTINGS, "seconds": seconds, "median_seconds": medians,
               "speedup_vs_recbole": {name: recbole / median for name, median in medians.items()},
-              "recbole_version": sys.modules["recbole"].__version__, **provenance(device)}
+              "recbole_version": importlib.metadata.version("recbole"), **provenance(device)}
     out = RESULTS / f"recbole-{device.type}.json" if args.dataset == "beauty" else \
         RESULTS / f"recbole-{args.dataset}-{device.type}.json"
     with atomic_write(out) as f: json.dump(record, f, indent=1)
