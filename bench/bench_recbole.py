@@ -24,6 +24,7 @@ import importlib.metadata
 import importlib.util
 import json
 import multiprocessing
+import os
 import statistics
 import tempfile
 import time
@@ -57,6 +58,7 @@ def write_atomic_files(ds, folder: Path) -> None:
 def recbole_epochs(dataset: str, epochs: int) -> list[float]:
     "Seconds of each of RecBole SASRec's first `epochs` training epochs (evaluation not included)."
     with tempfile.TemporaryDirectory(prefix="recbole-") as folder:
+        os.chdir(folder)  # RecBole writes its logs under the working directory (this process is RecBole's alone)
         return _recbole_epochs(load_dataset(dataset), epochs, default_device(), Path(folder))
 
 
@@ -107,7 +109,8 @@ def main() -> None:
         print("RecBole is not installed: nothing to compare (see this script's docstring for the install line)")
         return
     device = default_device()
-    ds = load_dataset(args.dataset)
+    ds = load_dataset(args.dataset)  # relative dataset paths are read before RecBole's process changes folder
+    args.dataset = str(Path(args.dataset).resolve()) if Path(args.dataset).exists() else args.dataset
     runs = {"RecBole 1.2.1 SASRec (prefixes)": (recbole_epochs, ()),
             "recbook SASRec, chapter 4's defaults (prefixes)": (book_epochs, (True,)),
             "recbook SASRec, whole histories": (book_epochs, (False,))}
