@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--smoke", action="store_true", help="the small configuration: seconds on a CPU")
     pre.set_defaults(func=pretrain)
 
-    tr = commands.add_parser("train", help="train sasrec, bert4rec or the two-tower model; resumes from --out's checkpoint")
+    tr = commands.add_parser("train", help="train sasrec, bert4rec or the two-tower model from chapter 4's defaults for it; resumes from --out's checkpoint")
     tr.add_argument("--model", required=True, choices=["twotower", "sasrec", "bert4rec"], help="what to train")
     tr.add_argument("--dataset", default="beauty", help=DATASET_HELP)
     tr.add_argument("--out", required=True, help="model directory to write (recbook evaluate --model DIR reads it)")
