@@ -832,7 +832,8 @@ def tune(kind: str, ds: Dataset, trials: int = 20, epochs: int = 20, timeout: fl
     from recbook.data import leave_one_out
 
     if kind not in ("sasrec", "twotower"): raise EvaluationError(f"tune trains sasrec or twotower models, not {kind!r}")
-    towers, training = towers or default_settings(kind)[0], training or default_settings(kind)[1]
+    default_towers, default_training = default_settings(kind)
+    towers, training = towers or default_towers, training or default_training
     split = leave_one_out(ds)
 
     def objective(trial) -> float:
