@@ -1,6 +1,7 @@
 """The book's notebooks: each carries outputs its current code made and matches the library (each runs in smoke mode
 on a simulated fresh Colab runtime in test_colab.py)."""
 import filecmp
+import functools
 import json
 import os
 import shutil
@@ -87,6 +88,7 @@ def test_no_stderr_stored_with_the_outputs(path):
     assert noise == [], noise[:3]
 
 
+@functools.cache  # one inspection of the library for all chapters
 def _library_vocabulary() -> tuple[set[str], set[str]]:
     "Every name the library defines (modules, classes and their attributes) and every parameter or field name."
     import dataclasses
