@@ -13,6 +13,8 @@ RECORDS=$1 WORK=$2 DRY=${3:-}
 PYTHON=${PYTHON:-python3}
 LOGS=$(dirname "$RECORDS")
 CHAINS=("bert4rec twotower-minilm-bert4rec-ids" "sasrec" "twotower-minilm" "twotower-minilm-text-only" "twotower-own-bert")
+# RECBOOK_CHAINS="a b,c" runs only those chains (commas between chains): for a set whose other runs train elsewhere
+[ -n "${RECBOOK_CHAINS:-}" ] && IFS=, read -r -a CHAINS <<< "$RECBOOK_CHAINS"
 pids=()
 for seed in 0 1 2; do
   for chain in "${CHAINS[@]}"; do
