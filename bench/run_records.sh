@@ -24,6 +24,10 @@ for seed in 0 1 2; do
     pids+=($!)
   done
 done
+# background jobs of a script ignore SIGINT, so a time limit's INT would leave the runs training (and timing the
+# benchmarks that follow wrong): pass it on to them as TERM, and wait until they are gone
+stop() { kill -TERM "${pids[@]}" 2>/dev/null; wait; exit 124; }
+trap stop INT TERM
 failed=0
 for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
 exit $failed
