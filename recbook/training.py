@@ -822,18 +822,12 @@ def suggest_settings(trial, kind: str) -> dict:
     return {"towers": towers, "training": training}
 
 
-def tune(kind: str, ds: Dataset, trials: int = 20, epochs: int = 20, timeout: float | None = None,
-         towers: TowerConfig | None = None, training: TrainConfig | None = None, seed: int = 0, device=None) -> dict:
-    """Search `suggest_settings` with Optuna (TPE, median pruning) for the best validation NDCG@10 of `kind` on `ds`
-    within `trials` trials of at most `epochs` epochs (and `timeout` seconds), starting from `towers` and `training`
-    (by default `default_settings(kind)`). Returns the best configuration in `load_train_config`'s format, with the
-    search's trials."""
+def _tune_objective(kind: str, ds: Dataset, epochs: int, towers: TowerConfig, training: TrainConfig, seed: int,
+                    device=None):
+    "Optuna's objective for `tune`: train one trial's settings, report each epoch to the pruner, return the best epoch's."
     import optuna
     from recbook.data import leave_one_out
 
-    if kind not in ("sasrec", "twotower"): raise EvaluationError(f"tune trains sasrec or twotower models, not {kind!r}")
-    default_towers, default_training = default_settings(kind)
-    towers, training = towers or default_towers, training or default_training
     split = leave_one_out(ds)
 
     def objective(trial) -> float:
@@ -850,19 +844,79 @@ def tune(kind: str, ds: Dataset, trials: int = 20, epochs: int = 20, timeout: fl
         trial.set_user_attr("best_epoch", int(best))
         return float(history.loc[best, "valid NDCG@10"])
 
+    return objective
+
+
+def _tune_study(seed: int, storage=None, study_name: str | None = None, load: bool = False):
+    "The search's study: TPE seeded by `seed`, median pruning; in memory, or in `storage` that processes share."
+    import optuna
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
-    study.optimize(objective, n_trials=trials, timeout=timeout)
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    options = dict(sampler=optuna.samplers.TPESampler(seed=seed), storage=storage, study_name=study_name,
+                   pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
+    return optuna.load_study(**options) if load else optuna.create_study(direction="maximize", **options)
+
+
+def _tune_worker(kind, ds, journal, trials, epochs, timeout, towers, training, seed, worker, threads, device=None):
+    "One process of a parallel search: `trials` trials of the study kept in the `journal` file."
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    torch.set_num_threads(threads)
+    # a sampler seed of its own: with one seed, every process would start with the same random trials
+    study = _tune_study(seed + worker, JournalStorage(JournalFileBackend(str(journal))), "tune", load=True)
+    study.optimize(_tune_objective(kind, ds, epochs, towers, training, seed, device), n_trials=trials, timeout=timeout)
+
+
+def tune(kind: str, ds: Dataset, trials: int = 20, epochs: int = 20, timeout: float | None = None,
+         towers: TowerConfig | None = None, training: TrainConfig | None = None, seed: int = 0, device=None,
+         jobs: int = 1) -> dict:
+    """Search `suggest_settings` with Optuna (TPE, median pruning) for the best validation NDCG@10 of `kind` on `ds`
+    within `trials` trials of at most `epochs` epochs (and `timeout` seconds), starting from `towers` and `training`
+    (by default `default_settings(kind)`). Returns the best configuration in `load_train_config`'s format, with the
+    search's trials.
+
+    `jobs` > 1 runs that many processes, each with its share of the trials, on one study kept in a journal file: a
+    GPU that one run leaves mostly idle trains several trials at once. Which trial sees which others' results then
+    depends on timing, so only `jobs=1` repeats a search exactly."""
+    import optuna
+
+    if kind not in ("sasrec", "twotower"): raise EvaluationError(f"tune trains sasrec or twotower models, not {kind!r}")
+    if jobs < 1: raise EvaluationError(f"jobs must be at least 1, got {jobs}")
+    default_towers, default_training = default_settings(kind)
+    towers, training = towers or default_towers, training or default_training
+    if jobs == 1:
+        study = _tune_study(seed)
+        study.optimize(_tune_objective(kind, ds, epochs, towers, training, seed, device), n_trials=trials,
+                       timeout=timeout)
+        ended = study.trials
+    else:
+        import multiprocessing, tempfile
+        from concurrent.futures import ProcessPoolExecutor
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        with tempfile.TemporaryDirectory(prefix="recbook-tune-") as folder:
+            journal = Path(folder) / "study.log"
+            storage = JournalStorage(JournalFileBackend(str(journal)))
+            _tune_study(seed, storage, "tune")
+            shares = [trials // jobs + (worker < trials % jobs) for worker in range(jobs)]
+            threads = max(1, (os.cpu_count() or 1) // jobs)
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                running = [pool.submit(_tune_worker, kind, ds, journal, share, epochs, timeout, towers, training, seed,
+                                       worker, threads, device) for worker, share in enumerate(shares) if share]
+                for job in running: job.result()  # a worker's error surfaces here
+            study = _tune_study(seed, storage, "tune", load=True)
+            ended = study.trials  # read while the journal is still there
+    done = [t for t in ended if t.state == optuna.trial.TrialState.COMPLETE]
     if not done: raise EvaluationError("no trial finished within the budget: allow more time or fewer epochs")
-    best = study.best_trial
+    best = max(done, key=lambda t: t.value)  # the first of equal ones, as Optuna's best_trial
     settings = suggest_settings(optuna.trial.FixedTrial(best.params), kind)
     settings["training"].update(epochs=epochs, seed=seed)  # what `train --config` needs to repeat the best trial
     if towers.text_encoder: settings["towers"]["text_encoder"] = towers.text_encoder
     return {**settings, "model": kind, "dataset": ds.name, "valid NDCG@10": best.value, "seed": seed,
             "trials": [{"number": t.number, "state": t.state.name, "valid NDCG@10": t.value, **t.params}
-                       for t in study.trials]}
+                       for t in ended]}
 
 # %% ../nbs/04_training.ipynb #096abb35
 class TrainedModel:

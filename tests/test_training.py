@@ -328,6 +328,17 @@ def test_committed_run_records_are_current():
         assert record_is_current(record, ds, chapter_request), f"{path.name} is stale: rerun `recbook runs` for it"
 
 
+def test_tune_shares_one_study_between_processes(tmp_path):
+    "--jobs 2: two processes, each its share of the trials, on one study; their random first trials differ."
+    best = tmp_path / "best.json"
+    result = _recbook("tune", "--model", "sasrec", "--dataset", "beauty-tiny", "--smoke", "--trials", "3", "--epochs", "1",
+                      "--jobs", "2", "--out", str(best))
+    assert result.returncode == 0, result.stderr
+    trials = json.loads(best.read_text())["trials"]
+    assert sorted(t["number"] for t in trials) == [0, 1, 2], "every trial of every process is in the one study"
+    assert len({t["learning_rate"] for t in trials}) == 3, "each process samples with a seed of its own"
+
+
 def test_tune_then_train_with_its_configuration(tmp_path):
     best = tmp_path / "best.json"
     result = _recbook("tune", "--model", "sasrec", "--dataset", "beauty-tiny", "--smoke", "--trials", "3", "--epochs", "2",
