@@ -130,7 +130,7 @@ def main() -> None:
               "speedup_vs_recbole": {name: recbole / median for name, median in medians.items()},
               "recbole_version": importlib.metadata.version("recbole"), **provenance(device)}
     out = RESULTS / f"recbole-{device.type}.json" if args.dataset == "beauty" else \
-        RESULTS / f"recbole-{args.dataset}-{device.type}.json"
+        RESULTS / f"recbole-{Path(ds.name).name}-{device.type}.json"
     with atomic_write(out) as f: json.dump(record, f, indent=1)
     print(f"wrote {out}")
 

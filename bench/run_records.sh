@@ -16,6 +16,10 @@ CHAINS=("bert4rec twotower-minilm-bert4rec-ids" "sasrec" "twotower-minilm" "twot
 # RECBOOK_CHAINS="a b,c" runs only those chains (commas between chains): for a set whose other runs train elsewhere
 [ -n "${RECBOOK_CHAINS:-}" ] && IFS=, read -r -a CHAINS <<< "$RECBOOK_CHAINS"
 pids=()
+# background jobs of a script ignore SIGINT, so a time limit's INT would leave the runs training (and timing the
+# benchmarks that follow wrong): pass it on to them as TERM, and wait until they are gone
+stop() { [ ${#pids[@]} -gt 0 ] && kill -TERM "${pids[@]}" 2>/dev/null; wait; exit 124; }
+trap stop INT TERM
 for seed in 0 1 2; do
   for chain in "${CHAINS[@]}"; do
     command="$PYTHON -m recbook runs --dataset beauty --records $RECORDS --work $WORK --seeds $seed --variants $chain"
@@ -24,10 +28,6 @@ for seed in 0 1 2; do
     pids+=($!)
   done
 done
-# background jobs of a script ignore SIGINT, so a time limit's INT would leave the runs training (and timing the
-# benchmarks that follow wrong): pass it on to them as TERM, and wait until they are gone
-stop() { kill -TERM "${pids[@]}" 2>/dev/null; wait; exit 124; }
-trap stop INT TERM
 failed=0
 for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
 exit $failed

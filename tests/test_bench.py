@@ -9,13 +9,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_gpu_suite_dry_run_plans_every_step_within_its_budget(tmp_path):
+def test_gpu_suite_dry_run_plans_the_records_first_within_its_budget(tmp_path):
     result = subprocess.run(["bash", str(ROOT / "bench" / "gpu_suite.sh"), "--dry-run", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHON": sys.executable})
     assert result.returncode == 0, result.stdout + result.stderr
     plan = (tmp_path / "summary.txt").read_text().splitlines()
     steps = [line.split()[1] for line in plan if line.startswith("plan")]
-    assert steps == ["records", "bench-pretraining", "bench-evaluation", "bench-training"]
+    assert steps == ["records", "bench-evaluation", "bench-training"], "the most wanted benchmarks after the records"
+    assert [line.split()[1] for line in plan if line.startswith("skipped")] == \
+        ["bench-sampled-softmax", "bench-pretraining"], "the rest wait for a --benchmarks-only call"
     runs = [line for line in result.stdout.splitlines() if "recbook runs --dataset beauty --records " + str(tmp_path / "results" / "beauty") in line]
     assert len(runs) == 15 and {line.split("--seeds ")[1].split()[0] for line in runs} == {"0", "1", "2"}, \
         "one process per (seed, chain of variants)"
@@ -34,7 +36,7 @@ def test_gpu_suite_benchmarks_only_plans_every_benchmark(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     plan = (tmp_path / "summary.txt").read_text().splitlines()
     assert [line.split()[1] for line in plan if line.startswith("plan")] == \
-        ["bench-pretraining", "bench-evaluation", "bench-training", "bench-sampled-softmax"]
+        ["bench-evaluation", "bench-training", "bench-sampled-softmax", "bench-pretraining"]
     assert "recbook runs" not in result.stdout
 
 

@@ -113,7 +113,9 @@ def test_history_cells_are_the_history_mask_each_cell_once():
     histories = [np.array([3, 3, 1]), np.array([], dtype=np.int64), np.array([5])]  # a repeat purchase, an empty one
     rows, cols = history_cells(histories, 6)
     assert list(zip(rows.tolist(), cols.tolist())) == [(0, 0), (0, 1), (0, 3), (1, 0), (2, 0), (2, 5)]
-    assert torch.equal(history_mask(histories, 6).nonzero(as_tuple=True)[1], cols)
+    by_hand = torch.zeros(3, 6, dtype=torch.bool)  # padding column 0 always, then each user's items
+    by_hand[0, [0, 1, 3]] = by_hand[1, 0] = by_hand[2, [0, 5]] = True
+    assert torch.equal(history_mask(histories, 6), by_hand)
 
 
 def test_constant_scores_get_no_credit():
