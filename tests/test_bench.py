@@ -64,3 +64,14 @@ def test_pretraining_benchmark_counts_flops_and_writes_a_record(tmp_path):
     assert flops["non_embedding_parameters"] == 2 * per_layer and flops["dense"] == 6 * 2 * per_layer
     assert flops["total"] == flops["dense"] + flops["attention"] + flops["masked-LM head"]
     assert record["tokens_per_s"] > 0 and record["mfu"] is None and record["git_commit"] is not None
+
+
+def test_gpu_defaults_checks_its_data_and_plans_in_one_budget(tmp_path):
+    script = ROOT / "bench" / "gpu_defaults.sh"
+    missing = subprocess.run(["bash", str(script), str(tmp_path / "nothing"), str(tmp_path / "out"), "--dry-run"],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "Toys_and_Games.txt.gz" in missing.stderr
+    for name in ("Toys_and_Games", "Sports_and_Outdoors"): (tmp_path / f"{name}.txt.gz").write_bytes(b"")
+    plan = subprocess.run(["bash", str(script), str(tmp_path), str(tmp_path / "out"), "--dry-run", "--budget", "500"],
+                          capture_output=True, text=True, timeout=60)
+    assert plan.returncode == 0 and "limit 500s" in plan.stdout and "Sports_and_Outdoors" in plan.stdout
