@@ -191,7 +191,7 @@ def tune(args) -> None:
     towers, training = default_settings(args.model, args.smoke)
     if args.text_encoder: towers = replace(towers, text_encoder=args.text_encoder)
     best = search(args.model, load_dataset(args.dataset), args.trials, args.epochs, args.timeout, towers, training,
-                  seed=args.seed, jobs=args.jobs)
+                  seed=args.seed, jobs=args.jobs, journal=args.journal)
     with atomic_write(Path(args.out)) as f: json.dump(best, f, indent=1)
     print("\n".join(f"trial {t['number']:>3}  {t['state']:<8}  valid NDCG@10 "
                     + (f"{t['valid NDCG@10']:.4f}" if t["valid NDCG@10"] is not None else "  -   ")
@@ -329,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--seed", type=int, default=0, help="random seed of the search and of every trial (default 0)")
     tu.add_argument("--jobs", type=_positive, default=1,
                     help="trials trained at once, one process each (default 1; only 1 repeats a search exactly)")
+    tu.add_argument("--journal", help="keep the search in this file: the same command again resumes it, counting the "
+                                      "trials that ended there towards --trials")
     tu.set_defaults(func=tune)
 
     ev = commands.add_parser("evaluate", help="every evaluation metric for a baseline or a saved model")

@@ -856,23 +856,50 @@ def _tune_study(seed: int, storage=None, study_name: str | None = None, load: bo
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     options = dict(sampler=optuna.samplers.TPESampler(seed=seed), storage=storage, study_name=study_name,
                    pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
-    return optuna.load_study(**options) if load else optuna.create_study(direction="maximize", **options)
+    return optuna.load_study(**options) if load else \
+        optuna.create_study(direction="maximize", load_if_exists=storage is not None, **options)
 
 
-def _tune_worker(kind, ds, journal, trials, epochs, timeout, towers, training, seed, worker, threads, device=None):
-    "One process of a parallel search: `trials` trials of the study kept in the `journal` file."
+def _resume_study(study, search: dict, journal) -> int:
+    """Check that the study in `journal` is the same `search` (model, data, epochs, seed, starting settings), mark the
+    trials a stopped process left running as failed, and return how many trials have ended (complete or pruned)."""
+    import optuna
+
+    known = study.user_attrs.get("search")
+    if known is None:
+        study.set_user_attr("search", search)
+    elif known != search:
+        changed = sorted(k for k in set(known) | set(search) if known.get(k) != search.get(k))
+        raise EvaluationError(f"{journal}: holds another search (its {', '.join(changed)} differ): "
+                              "use a new journal file")
+    for trial in study.trials:
+        if trial.state == optuna.trial.TrialState.RUNNING:  # no process is running it: the search was stopped
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return sum(trial.state in ended for trial in study.trials)
+
+
+def _journal_storage(journal):
+    "Optuna's journal storage in the file `journal`: processes share it, and it outlives them."
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
+    return JournalStorage(JournalFileBackend(str(journal)))
+
+
+def _tune_worker(kind, ds, journal, trials, epochs, timeout, towers, training, seed, worker, threads, device=None,
+                 sampler_seed=None):
+    "One process of a parallel search: `trials` trials of the study kept in the `journal` file."
     torch.set_num_threads(threads)
     # a sampler seed of its own: with one seed, every process would start with the same random trials
-    study = _tune_study(seed + worker, JournalStorage(JournalFileBackend(str(journal))), "tune", load=True)
+    study = _tune_study((seed if sampler_seed is None else sampler_seed) + worker, _journal_storage(journal), "tune",
+                        load=True)
     study.optimize(_tune_objective(kind, ds, epochs, towers, training, seed, device), n_trials=trials, timeout=timeout)
 
 
 def tune(kind: str, ds: Dataset, trials: int = 20, epochs: int = 20, timeout: float | None = None,
          towers: TowerConfig | None = None, training: TrainConfig | None = None, seed: int = 0, device=None,
-         jobs: int = 1) -> dict:
+         jobs: int = 1, journal=None) -> dict:
     """Search `suggest_settings` with Optuna (TPE, median pruning) for the best validation NDCG@10 of `kind` on `ds`
     within `trials` trials of at most `epochs` epochs (and `timeout` seconds), starting from `towers` and `training`
     (by default `default_settings(kind)`). Returns the best configuration in `load_train_config`'s format, with the
@@ -880,14 +907,19 @@ def tune(kind: str, ds: Dataset, trials: int = 20, epochs: int = 20, timeout: fl
 
     `jobs` > 1 runs that many processes, each with its share of the trials, on one study kept in a journal file: a
     GPU that one run leaves mostly idle trains several trials at once. Which trial sees which others' results then
-    depends on timing, so only `jobs=1` repeats a search exactly."""
+    depends on timing, so only `jobs=1` repeats a search exactly.
+
+    `journal` keeps the study in that file, so that a stopped search resumes: the same call again counts the trials
+    that ended there towards `trials`, marks those a stopped process left running as failed (they are trained again),
+    and runs the rest; its sampler is then seeded by `seed` plus the number of trials already there, so that it does
+    not propose the first trials' random settings a second time."""
     import optuna
 
     if kind not in ("sasrec", "twotower"): raise EvaluationError(f"tune trains sasrec or twotower models, not {kind!r}")
     if jobs < 1: raise EvaluationError(f"jobs must be at least 1, got {jobs}")
     default_towers, default_training = default_settings(kind)
     towers, training = towers or default_towers, training or default_training
-    if jobs == 1:
+    if jobs == 1 and journal is None:
         study = _tune_study(seed)
         study.optimize(_tune_objective(kind, ds, epochs, towers, training, seed, device), n_trials=trials,
                        timeout=timeout)
@@ -895,19 +927,27 @@ def tune(kind: str, ds: Dataset, trials: int = 20, epochs: int = 20, timeout: fl
     else:
         import multiprocessing, tempfile
         from concurrent.futures import ProcessPoolExecutor
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
 
         with tempfile.TemporaryDirectory(prefix="recbook-tune-") as folder:
-            journal = Path(folder) / "study.log"
-            storage = JournalStorage(JournalFileBackend(str(journal)))
-            _tune_study(seed, storage, "tune")
-            shares = [trials // jobs + (worker < trials % jobs) for worker in range(jobs)]
-            threads = max(1, (os.cpu_count() or 1) // jobs)
-            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-                running = [pool.submit(_tune_worker, kind, ds, journal, share, epochs, timeout, towers, training, seed,
-                                       worker, threads, device) for worker, share in enumerate(shares) if share]
-                for job in running: job.result()  # a worker's error surfaces here
+            journal = Path(journal) if journal is not None else Path(folder) / "study.log"
+            storage = _journal_storage(journal)
+            study = _tune_study(seed, storage, "tune")
+            search = {"model": kind, "dataset": ds.name, "fingerprint": dataset_fingerprint(ds), "epochs": epochs,
+                      "seed": seed, "towers": asdict(towers), "training": asdict(training)}
+            left = max(0, trials - _resume_study(study, search, journal))
+            sampler_seed = seed + len(study.trials)
+            if jobs == 1:
+                study = _tune_study(sampler_seed, storage, "tune", load=True)
+                study.optimize(_tune_objective(kind, ds, epochs, towers, training, seed, device), n_trials=left,
+                               timeout=timeout)
+            else:
+                shares = [left // jobs + (worker < left % jobs) for worker in range(jobs)]
+                threads = max(1, (os.cpu_count() or 1) // jobs)
+                with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                    running = [pool.submit(_tune_worker, kind, ds, journal, share, epochs, timeout, towers, training,
+                                           seed, worker, threads, device, sampler_seed)
+                               for worker, share in enumerate(shares) if share]
+                    for job in running: job.result()  # a worker's error surfaces here
             study = _tune_study(seed, storage, "tune", load=True)
             ended = study.trials  # read while the journal is still there
     done = [t for t in ended if t.state == optuna.trial.TrialState.COMPLETE]

@@ -447,3 +447,27 @@ def test_recbook_load_recommends_by_the_shops_ids(tmp_path):
         model.recommend_users(["nobody"])
     with pytest.raises(EvaluationError, match="k must be in"):
         model.recommend(history, k=0)
+
+
+def test_tune_resumes_from_its_journal(tiny, tmp_path):
+    "--journal: a stopped search, run again, keeps its ended trials, retrains the interrupted one and stops at --trials."
+    import optuna
+    from recbook.training import _journal_storage, _tune_study, default_settings, tune
+
+    towers, training = default_settings("sasrec", True)
+    search = lambda trials, journal, epochs=1: tune("sasrec", tiny[0], trials, epochs, towers=towers, training=training,
+                                                    journal=journal)
+    first = search(2, tmp_path / "stopped.log")
+    in_memory = tune("sasrec", tiny[0], 2, 1, towers=towers, training=training)
+    assert [t["valid NDCG@10"] for t in first["trials"]] == [t["valid NDCG@10"] for t in in_memory["trials"]], \
+        "a journal changes nothing for a search that is not stopped"
+    _tune_study(0, _journal_storage(tmp_path / "stopped.log"), "tune", load=True).ask()  # a trial left running
+    resumed = search(3, tmp_path / "stopped.log")
+    assert [t["state"] for t in resumed["trials"]] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
+    assert resumed["trials"][:2] == first["trials"], "ended trials are kept as they were"
+    assert resumed["trials"][3]["learning_rate"] not in {t["learning_rate"] for t in first["trials"]}, \
+        "the resumed sampler does not propose the first trials' settings again"
+    assert search(3, tmp_path / "stopped.log")["trials"] == resumed["trials"], "nothing is left to run"
+    with pytest.raises(EvaluationError, match=r"stopped\.log: holds another search \(its epochs differ\)"):
+        search(3, tmp_path / "stopped.log", epochs=2)
+    assert optuna.__version__  # the journal format is Optuna's own: `optuna-dashboard stopped.log` shows it
