@@ -860,9 +860,10 @@ def _tune_study(seed: int, storage=None, study_name: str | None = None, load: bo
         optuna.create_study(direction="maximize", load_if_exists=storage is not None, **options)
 
 
-def _resume_study(study, search: dict, journal) -> int:
-    """Check that the study in `journal` is the same `search` (model, data, epochs, seed, starting settings), mark the
-    trials a stopped process left running as failed, and return how many trials have ended (complete or pruned)."""
+def _resume_study(study, search: dict, journal) -> tuple[int, int]:
+    """Check that the study in `journal` is the same `search` (model, data, epochs, seed, starting settings); mark the
+    trials a stopped process left running as failed and queue their settings to be trained again. Returns (trials
+    ended: complete, pruned or failed on their own; earlier starts of this search)."""
     import optuna
 
     known = study.user_attrs.get("search")
@@ -872,11 +873,17 @@ def _resume_study(study, search: dict, journal) -> int:
         changed = sorted(k for k in set(known) | set(search) if known.get(k) != search.get(k))
         raise EvaluationError(f"{journal}: holds another search (its {', '.join(changed)} differ): "
                               "use a new journal file")
+    interrupted = list(study.user_attrs.get("interrupted", []))
     for trial in study.trials:
         if trial.state == optuna.trial.TrialState.RUNNING:  # no process is running it: the search was stopped
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-    ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return sum(trial.state in ended for trial in study.trials)
+            study.enqueue_trial(trial.params)  # the same settings, trained again from the start
+            interrupted.append(trial.number)
+    study.set_user_attr("interrupted", interrupted)
+    starts = study.user_attrs.get("starts", 1 if study.trials else 0)  # journals of before this count had none
+    study.set_user_attr("starts", starts + 1)
+    ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    return sum(t.state in ended and t.number not in interrupted for t in study.trials), starts
 
 
 def _journal_storage(journal):
@@ -910,9 +917,10 @@ def tune(kind: str, ds: Dataset, trials: int = 20, epochs: int = 20, timeout: fl
     depends on timing, so only `jobs=1` repeats a search exactly.
 
     `journal` keeps the study in that file, so that a stopped search resumes: the same call again counts the trials
-    that ended there towards `trials`, marks those a stopped process left running as failed (they are trained again),
-    and runs the rest; its sampler is then seeded by `seed` plus the number of trials already there, so that it does
-    not propose the first trials' random settings a second time."""
+    that ended there towards `trials`, marks those a stopped process left running as failed and trains their settings
+    again, and runs the rest; its sampler is then seeded apart (`seed` + 10,000 x earlier starts), so that it does not
+    propose the first start's random settings a second time. One search at a time may use a journal (a lock file
+    beside it says so)."""
     import optuna
 
     if kind not in ("sasrec", "twotower"): raise EvaluationError(f"tune trains sasrec or twotower models, not {kind!r}")
@@ -925,17 +933,21 @@ def tune(kind: str, ds: Dataset, trials: int = 20, epochs: int = 20, timeout: fl
                        timeout=timeout)
         ended = study.trials
     else:
-        import multiprocessing, tempfile
+        import fcntl, multiprocessing, tempfile
         from concurrent.futures import ProcessPoolExecutor
 
-        with tempfile.TemporaryDirectory(prefix="recbook-tune-") as folder:
+        with tempfile.TemporaryDirectory(prefix="recbook-tune-") as folder, \
+                open(Path(journal if journal is not None else Path(folder) / "study.log").with_suffix(".lock"), "w") as lock:
             journal = Path(journal) if journal is not None else Path(folder) / "study.log"
+            try: fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise EvaluationError(f"{journal}: another search is using this journal now") from None
             storage = _journal_storage(journal)
             study = _tune_study(seed, storage, "tune")
             search = {"model": kind, "dataset": ds.name, "fingerprint": dataset_fingerprint(ds), "epochs": epochs,
                       "seed": seed, "towers": asdict(towers), "training": asdict(training)}
-            left = max(0, trials - _resume_study(study, search, journal))
-            sampler_seed = seed + len(study.trials)
+            ended, starts = _resume_study(study, search, journal)
+            left, sampler_seed = max(0, trials - ended), seed + 10_000 * starts
             if jobs == 1:
                 study = _tune_study(sampler_seed, storage, "tune", load=True)
                 study.optimize(_tune_objective(kind, ds, epochs, towers, training, seed, device), n_trials=left,

@@ -451,7 +451,7 @@ def test_recbook_load_recommends_by_the_shops_ids(tmp_path):
 
 def test_tune_resumes_from_its_journal(tiny, tmp_path):
     "--journal: a stopped search, run again, keeps its ended trials, retrains the interrupted one and stops at --trials."
-    import optuna
+    import fcntl
     from recbook.training import _journal_storage, _tune_study, default_settings, tune
 
     towers, training = default_settings("sasrec", True)
@@ -461,13 +461,18 @@ def test_tune_resumes_from_its_journal(tiny, tmp_path):
     in_memory = tune("sasrec", tiny[0], 2, 1, towers=towers, training=training)
     assert [t["valid NDCG@10"] for t in first["trials"]] == [t["valid NDCG@10"] for t in in_memory["trials"]], \
         "a journal changes nothing for a search that is not stopped"
-    _tune_study(0, _journal_storage(tmp_path / "stopped.log"), "tune", load=True).ask()  # a trial left running
+    cut_short = _tune_study(0, _journal_storage(tmp_path / "stopped.log"), "tune", load=True).ask()  # left running
+    learning_rate = cut_short.suggest_float("learning_rate", 3e-4, 5e-3, log=True)
     resumed = search(3, tmp_path / "stopped.log")
     assert [t["state"] for t in resumed["trials"]] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
     assert resumed["trials"][:2] == first["trials"], "ended trials are kept as they were"
-    assert resumed["trials"][3]["learning_rate"] not in {t["learning_rate"] for t in first["trials"]}, \
-        "the resumed sampler does not propose the first trials' settings again"
+    assert resumed["trials"][3]["learning_rate"] == learning_rate, "the interrupted trial's settings are trained again"
+    assert resumed["trials"][3]["dropout"] not in {t["dropout"] for t in first["trials"]}, \
+        "the resumed sampler does not propose the first start's settings again"
     assert search(3, tmp_path / "stopped.log")["trials"] == resumed["trials"], "nothing is left to run"
     with pytest.raises(EvaluationError, match=r"stopped\.log: holds another search \(its epochs differ\)"):
         search(3, tmp_path / "stopped.log", epochs=2)
-    assert optuna.__version__  # the journal format is Optuna's own: `optuna-dashboard stopped.log` shows it
+    with open(tmp_path / "stopped.lock", "w") as lock:  # another search at work on the same journal
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with pytest.raises(EvaluationError, match="another search is using this journal"):
+            search(4, tmp_path / "stopped.log")
