@@ -3,7 +3,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -326,6 +326,29 @@ def test_committed_run_records_are_current():
         towers, training = default_settings(variant.kind)
         chapter_request = _requested(variant, towers, replace(training, seed=record["seed"]), FULL_TEXT_BERT)
         assert record_is_current(record, ds, chapter_request), f"{path.name} is stale: rerun `recbook runs` for it"
+
+
+def test_committed_tuned_and_elsewhere_records_are_current():
+    """Chapter 4's section on the defaults: the tuned model's records (its configuration, three seeds) and the
+    defaults-on-other-shops records were made by today's library code, on today's Beauty."""
+    from recbook.training import (default_settings, library_code_hash, load_train_config, read_run_record,
+                                  record_is_current)
+
+    root = Path(__file__).resolve().parent.parent / "results"
+    tuned = sorted((root / "tuned").glob("twotower-seed*.json"))
+    assert [p.name for p in tuned] == [f"twotower-seed{s}.json" for s in range(3)]
+    towers, training = load_train_config(root / "tuned" / "tuned-twotower.json", *default_settings("twotower"))
+    ds = load_dataset("beauty")
+    for seed, path in enumerate(tuned):
+        record = read_run_record(path)
+        assert record_is_current(record, ds), f"{path.name} is stale: train it again with recbook train --config"
+        assert record["training"] == asdict(replace(training, seed=seed)), f"{path.name}: not the tuned configuration"
+        assert {k: record["model_settings"][k] for k in ("dropout", "id_dropout")} == \
+            {"dropout": towers.dropout, "id_dropout": towers.id_dropout}
+    elsewhere = sorted((root / "defaults-elsewhere").glob("*.json"))
+    assert elsewhere, "results/defaults-elsewhere holds bench/defaults_elsewhere.py's records"
+    for path in elsewhere:
+        assert json.loads(path.read_text())["library_code_sha256"] == library_code_hash(), f"{path.name} is stale"
 
 
 def test_tune_shares_one_study_between_processes(tmp_path):
