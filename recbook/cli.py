@@ -154,6 +154,7 @@ def train(args) -> None:
     if args.text_encoder: towers = replace(towers, text_encoder=args.text_encoder)
     if args.epochs: training = replace(training, epochs=args.epochs)
     if args.seed is not None: training = replace(training, seed=args.seed)
+    if args.adapt not in (None, "frozen"): return _train_adapted(args, towers, training)
     _refuse_another_runs_checkpoint(Path(args.out), args.model, towers, training, args.init_from)
     metrics = train_model(args.model, load_dataset(args.dataset), args.out, towers, training, progress=args.progress,
                           init_from=args.init_from)
@@ -161,6 +162,44 @@ def train(args) -> None:
     for name, value in metrics.items():
         print(f"{name:<{width}}  {value:.4f}" if isinstance(value, float) else f"{name:<{width}}  {value}")
     print(f"wrote {args.out}")
+
+
+def _train_adapted(args, towers, training) -> None:
+    "`train --adapt lora|full`: chapter 4's model with the encoder frozen, then a few epochs with it adapted."
+    from recbook.adaptation import ADAPT_TRAINING, ALL_LINEAR_MODULES, ATTENTION_MODULES, AdaptConfig, train_adapted
+    from recbook.data import leave_one_out, load_dataset
+
+    if args.model != "twotower": raise ValueError(f"--adapt {args.adapt} adapts a text encoder: it needs --model twotower")
+    adapt = AdaptConfig(args.adapt, top_layers=args.adapt_layers, rank=args.lora_rank, alpha=2.0 * args.lora_rank,
+                        target_modules=ALL_LINEAR_MODULES if args.lora_targets == "all" else ATTENTION_MODULES)
+    adapt_training = replace(ADAPT_TRAINING, seed=training.seed)
+    if args.smoke: adapt_training = replace(adapt_training, epochs=1, warmup_steps=2, patience=1)
+    if args.adapt_epochs: adapt_training = replace(adapt_training, epochs=args.adapt_epochs, patience=args.adapt_epochs)
+    if not towers.text_encoder: towers = replace(towers, text_encoder="minilm")
+    ds = load_dataset(args.dataset)
+    result = train_adapted(ds, leave_one_out(ds), args.out, towers, adapt, training, adapt_training,
+                           progress=args.progress)
+    print(f"stage 1 (encoder frozen): best epoch {result['base']['best_epoch']}, "
+          f"valid NDCG@10 {result['base']['valid NDCG@10']:.4f}")
+    print(f"stage 2 ({args.adapt}): best epoch {result['best_epoch']}, {result['seconds_per_epoch']:.1f} s per epoch, "
+          f"{result['trainable_encoder_parameters']:,} trainable encoder parameters")
+    for name, value in result["test"].items():
+        print(f"test {name:<10} {value:.4f}" if isinstance(value, float) else f"test {name:<10} {value}")
+    print(f"wrote {args.out} (an ordinary two-tower model directory: recbook serve reads it)")
+
+
+def adaptations(args) -> None:
+    from recbook.adaptation import CHAPTER_ROWS, ensure_adaptation_runs, ensure_query_records
+
+    known = {r.name: r for r in CHAPTER_ROWS}
+    unknown = [name for name in args.rows or [] if name not in known]
+    if unknown: raise ValueError(f"unknown row(s) {', '.join(unknown)}: choose from {', '.join(known)}")
+    rows = [known[name] for name in args.rows] if args.rows else list(CHAPTER_ROWS)
+    say = lambda line: print(line, flush=True)
+    table = ensure_adaptation_runs(args.dataset, args.records, args.work, rows, args.seeds, args.smoke, say=say)
+    print(table.to_string())
+    if args.queries:
+        print(ensure_query_records(args.dataset, args.records, args.work, smoke=args.smoke, say=say).to_string())
 
 
 def runs(args) -> None:
@@ -305,7 +344,24 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--epochs", type=int, help="at most this many epochs (default: the configuration's)")
     tr.add_argument("--seed", type=int, help="random seed (default: the configuration's, 0 unless --config sets it)")
     tr.add_argument("--progress", action="store_true", help="progress bars and a line per epoch")
+    tr.add_argument("--adapt", choices=["frozen", "lora", "full"], help="twotower: keep the text encoder frozen "
+                    "(the default), or adapt its top layers with LoRA or in full after training with it frozen")
+    tr.add_argument("--adapt-layers", type=_positive, default=1, help="--adapt: the encoder's top layers that train (default 1)")
+    tr.add_argument("--lora-rank", type=_positive, default=8, help="--adapt lora: rank r (default 8; alpha = 2r)")
+    tr.add_argument("--lora-targets", choices=["attention", "all"], default="attention",
+                    help="--adapt lora: query and value maps (default), or all six linear maps of a layer")
+    tr.add_argument("--adapt-epochs", type=_positive, help="--adapt: epochs of the second stage (default 3)")
     tr.set_defaults(func=train)
+
+    ad = commands.add_parser("adaptations", help="train chapter 7's rows x seeds whose run records are missing or stale")
+    ad.add_argument("--dataset", default="beauty", help=DATASET_HELP)
+    ad.add_argument("--records", required=True, help="folder of run records (the book's: results/adaptation)")
+    ad.add_argument("--work", required=True, help="folder for models and checkpoints; an interrupted run resumes there")
+    ad.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
+    ad.add_argument("--rows", nargs="+", help="only these rows (default: all of chapter 7's)")
+    ad.add_argument("--queries", action="store_true", help="also the typed-query benchmark of the seed-0 models")
+    ad.add_argument("--smoke", action="store_true", help="the small configuration: seconds on a CPU")
+    ad.set_defaults(func=adaptations)
 
     rn = commands.add_parser("runs", help="train the chapter's variants x seeds whose run records are missing or stale")
     rn.add_argument("--dataset", default="beauty", help=DATASET_HELP)
