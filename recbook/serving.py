@@ -38,7 +38,8 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from torch import nn
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, ValidationError,
+                      WithJsonSchema)
 
 from .data import Dataset, atomic_write, load_dataset
 from .evaluation import MostPopular, history_mask, load_recommender
@@ -466,6 +467,8 @@ class RecQuery:
     k: int = 10
     exclude_seen: bool = True
     explain: str = "similarity"
+    query: str | None = None  # what the user typed: it enters the user tower after the history (chapter 7)
+    query_vector: np.ndarray | None = None  # its item-space vector, if computed already (the server does, off the loop)
 
 # %% ../nbs/06_serving.ipynb #72c2255f
 def similarity_contributions(vectors: np.ndarray, history: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -495,7 +498,8 @@ def top_contributors(history: np.ndarray, contribution: np.ndarray, top: int) ->
 EXPLANATIONS = {
     "similarity": "because: the history items whose vectors have the largest dot product with the recommended item's",
     "occlusion": "because: the history items whose removal lowers the recommended item's score the most",
-    "none": "no explanation asked for"}
+    "none": "no explanation asked for",
+    "query alone": "no history: the items nearest to what was typed, through the text tower (as /search)"}
 
 
 class RecommendationService:
@@ -521,6 +525,8 @@ class RecommendationService:
         self.feedback = FeedbackStore.at(feedback) if feedback is not None else None
         # texts -> vectors for /search: the model's own text tower, on the caller's thread, unless given another
         self.encode_queries = query_encoder or getattr(model, "query_vectors", None)
+        # /recommend's typed queries: their item-space vectors, from the search process when there is one
+        self.encode_query_items = getattr(query_encoder, "items", None) or self._query_items
         if getattr(model, "has_text", False): self.encode_queries(["warm-up"])  # load the encoder now, not in a request
 
     @classmethod
@@ -555,6 +561,27 @@ class RecommendationService:
         refs = ",".join(f'{self.catalogue.ref_json[h]},"contribution":{v:.4g}}}' for h, v in zip(*because))
         return f'{head},"because":[{refs}]}}'
 
+    def _query_items(self, texts) -> np.ndarray:
+        from recbook.adaptation import query_item_vectors
+
+        return query_item_vectors(self.model, texts).float().cpu().numpy()
+
+    def user_vectors(self, histories, queries) -> np.ndarray:
+        """User vectors of histories; one with a typed query gets it as its newest item (chapter 7). `queries[i]` is
+        None, the query's text, or its item-space vector already computed (what the server passes)."""
+        users = np.zeros((len(histories), self.vectors.shape[1]), np.float32)
+        plain = [i for i, q in enumerate(queries) if q is None]
+        typed = [i for i, q in enumerate(queries) if q is not None]
+        if plain: users[plain] = self.model.user_vectors([histories[i] for i in plain])
+        if typed:
+            from recbook.adaptation import history_with_query_vectors
+
+            texts = [i for i in typed if isinstance(queries[i], str)]
+            vectors = dict(zip(texts, self.encode_query_items([queries[i] for i in texts]) if texts else []))
+            items = np.stack([vectors[i] if i in vectors else queries[i] for i in typed])
+            users[typed] = history_with_query_vectors(self.model, [histories[i] for i in typed], query_items=items)
+        return users
+
     def cold_start(self, k: int) -> dict:
         "A new user's answer: the most bought items."
         ids = self.popular[:k]
@@ -565,19 +592,25 @@ class RecommendationService:
         """The answers to many /recommend requests, as JSON text, from one pass of the user tower and one index search
         (responses are assembled from each item's ready-made JSON: building and encoding dicts would cost more than
         the model)."""
-        answers: list = [json.dumps(self.cold_start(q.k)) if len(q.history) == 0 else None for q in queries]
-        warm = [q for q in queries if len(q.history)]
+        answers: list = [json.dumps(self.cold_start(q.k)) if len(q.history) == 0 and q.query is None else None
+                         for q in queries]
+        warm = [q for q in queries if len(q.history) or q.query is not None]
         if not warm: return answers
-        occluded = [occluded_histories(q.history, self.config.explain_window) if q.explain == "occlusion" else []
+        # with a query, a one-item history can be occluded too: the query stays when the item goes
+        occluded = [([q.history[:0]] if q.query is not None and len(q.history) == 1 else
+                     occluded_histories(q.history, self.config.explain_window)) if q.explain == "occlusion" else []
                     for q in warm]
-        users = np.asarray(self.model.user_vectors([q.history for q in warm] + sum(occluded, [])), dtype=np.float32)
+        typed = [None if q.query is None else q.query if q.query_vector is None else q.query_vector for q in warm]
+        users = self.user_vectors([q.history for q in warm] + sum(occluded, []),
+                                  typed + [t for t, removed in zip(typed, occluded) for _ in removed])
         found = top_items(self.index, users[:len(warm)], max(q.k for q in warm),
                           [q.history if q.exclude_seen else None for q in warm])
         start, out = len(warm), []
         for q, (ids, scores), removed in zip(warm, found, occluded):
             ids, scores = ids[:q.k], scores[:q.k]  # the batch was searched with its largest k
             because = None
-            if q.explain == "similarity":
+            if len(q.history) == 0: pass  # a query alone: no history item to name
+            elif q.explain == "similarity":
                 window = np.unique(q.history[-self.config.explain_window:])
                 because = top_contributors(window, similarity_contributions(self.vectors, window, ids),
                                            self.config.explain_top)
@@ -589,7 +622,8 @@ class RecommendationService:
                 start += len(removed)
             columns = [None] * len(ids) if because is None else zip(because[0].T.tolist(), because[1].T.tolist())
             items = ",".join(self._item_json(i, s, b) for i, s, b in zip(ids.tolist(), scores.tolist(), columns))
-            out.append(f'{{"items":[{items}],"cold_start":false,"explanation":{json.dumps(EXPLANATIONS[q.explain])}}}')
+            explanation = EXPLANATIONS["query alone"] if len(q.history) == 0 else EXPLANATIONS[q.explain]
+            out.append(f'{{"items":[{items}],"cold_start":false,"explanation":{json.dumps(explanation)}}}')
         slots = iter(out)
         return [a if a is not None else next(slots) for a in answers]
 
@@ -654,6 +688,12 @@ def _start_query_encoder(model_dir: str, threads: int, niceness: int) -> None:
 def _encode_queries(texts: list[str]) -> np.ndarray: return _query_model.query_vectors(texts)
 
 
+def _encode_query_items(texts: list[str]) -> np.ndarray:
+    from recbook.adaptation import query_item_vectors
+
+    return query_item_vectors(_query_model, texts).float().cpu().numpy()
+
+
 class QueryEncoderProcess:
     """`query_vectors` of the model in `model_dir`, computed in a child process of lower CPU priority (`niceness`) with
     `threads` torch threads: encoding search queries then neither holds this process's GIL nor takes the cores that
@@ -662,7 +702,7 @@ class QueryEncoderProcess:
     def __init__(self, model_dir, threads: int = 1, niceness: int = 19):
         from recbook import serving  # the package's functions: a new process cannot import a notebook's definitions
 
-        self._encode = serving._encode_queries
+        self._encode, self._encode_items = serving._encode_queries, serving._encode_query_items
         self.executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                             initializer=serving._start_query_encoder,
                                             initargs=(str(model_dir), threads, niceness))
@@ -672,6 +712,12 @@ class QueryEncoderProcess:
 
     def __call__(self, texts) -> np.ndarray:
         try: return self.executor.submit(self._encode, list(texts)).result()
+        except BrokenProcessPool:
+            raise ServingError("the search process has stopped; restart the server", "query", 503) from None
+
+    def items(self, texts) -> np.ndarray:
+        "The texts' item-space vectors (`query_item_vectors`), for /recommend's typed queries."
+        try: return self.executor.submit(self._encode_items, list(texts)).result()
         except BrokenProcessPool:
             raise ServingError("the search process has stopped; restart the server", "query", 503) from None
 
@@ -809,6 +855,9 @@ class RecommendRequest(BaseModel):
     exclude_seen: bool = Field(True, description="leave the history's items out of the answer")
     explain: Literal["similarity", "occlusion", "none"] = Field("similarity", description="how to name the history "
                                                                 "items behind each recommendation")
+    query: Annotated[str, StringConstraints(min_length=1, max_length=MAX_QUERY_CHARS), AfterValidator(_not_blank)] | None = \
+        Field(None, description="optional: what the user typed (e.g. 'nail polish'); read by the text tower and placed "
+              "after the history, as chapter 7 measures")
 
 
 class SearchRequest(BaseModel):
@@ -1026,10 +1075,18 @@ def make_app(service: RecommendationService):
     async def answer(body: RecommendRequest) -> str:
         "One /recommend answer as JSON text: from the cache, or from the next batch (for the route and the fast path)."
         history = service.catalogue.resolve(body.history, "history")
-        key = (history.tobytes(), body.k, body.exclude_seen, body.explain)
+        query = None if body.query is None else body.query.strip()
+        if query is not None and not getattr(service.model, "has_text", False):
+            raise ServingError(f"this model ({service.model.kind}) has no text tower, so it cannot read a query: "
+                               "serve a twotower model, or leave out 'query'", "query", status=400)
+        key = (history.tobytes(), body.k, body.exclude_seen, body.explain, query)
         text = cache.get(key)
         if text is None:
-            text = await recommender.submit(RecQuery(history, body.k, body.exclude_seen, body.explain))
+            vector = None
+            if query is not None:  # the text encoder runs on the search thread, never on the event loop
+                vector = (await asyncio.get_running_loop().run_in_executor(
+                    searcher.executor, service.encode_query_items, [query]))[0]
+            text = await recommender.submit(RecQuery(history, body.k, body.exclude_seen, body.explain, query, vector))
             cache.put(key, text)
         return text
 

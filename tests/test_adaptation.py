@@ -110,6 +110,21 @@ def test_new_items_leave_training_and_lose_their_ids(tiny):
     with pytest.raises(EvaluationError, match="share"): hold_out_items(split, ds.n_items, share=1.5)
 
 
+def test_the_new_arrivals_shelf_ranks_new_targets_among_new_items_only(tiny):
+    from recbook.adaptation import new_item_shelf_ranks
+    from recbook.towers import SASRecRecommender
+
+    ds, split, _, frozen = tiny
+    held, new = hold_out_items(split, ds.n_items, share=0.2, seed=1)
+    new_target_users = [u for u in held.users("test") if held.test[u][0] in set(new)]
+    ranks = new_item_shelf_ranks(TwoTowerRecommender(frozen), held, new)
+    assert len(ranks) == len(new_target_users) and (ranks < len(new)).all()  # at most the shelf's other items above
+    ids_only = SASRecRecommender(forget_ids(build_network("sasrec", ds, SMOKE_TOWERS, device="cpu"), new))
+    tied = new_item_shelf_ranks(ids_only, held, new)  # every new item scores 0: ties count against the model
+    seen = [len(set(held.history("test")[u]) & set(new)) for u in new_target_users]  # none: new items left histories
+    assert not any(seen) and (tied == len(new) - 1).all()
+
+
 def test_typed_queries_never_give_the_title_and_combine_with_the_history(tiny):
     ds, split, _, frozen = tiny
     items = [split.test[u][0] for u in split.users("test")[:20]]
@@ -172,3 +187,32 @@ def test_cli_trains_and_serves_an_adapted_model(tiny, tmp_path):
                           "--smoke", "--adapt", "lora", "--out", str(tmp_path / "x")], capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode != 0 and "needs --model twotower" in bad.stderr
+
+
+def test_committed_records_are_current_and_complete():
+    """The chapter's tables are built from results/adaptation/: every record there was made by today's code, as asked;
+    every row has its seed-0 record and every benchmarked row its query record."""
+    from recbook.adaptation import QUERY_ROWS, _request, chapter_settings, query_code_hash
+    from recbook.training import dataset_fingerprint
+
+    folder = ROOT / "results" / "adaptation"
+    records = sorted(folder.glob("*-seed*.json"))
+    missing = [r.name for r in CHAPTER_ROWS if not (folder / f"{r.name}-seed0.json").is_file()]
+    missing += [f"queries/{r}" for r in QUERY_ROWS if not (folder / "queries" / f"{r}-seed0.json").is_file()]
+    assert not missing, f"missing chapter 7 records {missing}: run `recbook adaptations --records {folder} --queries`"
+    beauty = load_dataset("beauty")
+    rows = {r.name: r for r in CHAPTER_ROWS}
+    for path in records:
+        record = json.loads(path.read_text())
+        assert record["code_sha256"] == adaptation_code_hash(), f"{path.name}: made by other code; rerun it"
+        assert record["request"] == json.loads(json.dumps(_request(rows[record["row"]], record["seed"],
+                                                                   chapter_settings()))), path.name
+        assert record["dataset"]["fingerprint"] == dataset_fingerprint(beauty)
+        assert len(record["test_ranks"]) == record["metrics"]["all"]["users"]
+        metrics = record["metrics"]
+        assert metrics["known"]["users"] + metrics["new"]["users"] == metrics["all"]["users"]
+        assert metrics["shelf"]["users"] == metrics["new"]["users"]
+    for path in sorted((folder / "queries").glob("*.json")):
+        record = json.loads(path.read_text())
+        assert record["code_sha256"] == query_code_hash(), f"queries/{path.name}: stale"
+        assert record["dataset"]["fingerprint"] == dataset_fingerprint(beauty)

@@ -15,7 +15,7 @@ import pytest
 from recbook.data import leave_one_out, load_dataset
 from recbook.evaluation import load_recommender
 from recbook.loadtest import load_test, plot_latency_histogram
-from recbook.serving import (EXPLANATIONS, MAX_BODY_BYTES, MAX_K, BackgroundServer, FeedbackStore, ItemIndex,
+from recbook.serving import (EXPLANATIONS, MAX_BODY_BYTES, MAX_K, MAX_QUERY_CHARS, BackgroundServer, FeedbackStore, ItemIndex,
                              MicroBatcher, RecommendationService, RecQuery, ServingError, call, compare_indexes,
                              fastest_at_recall, feedback_sequences, make_app, recall_at_k, synthetic_catalogue,
                              top_items, free_port)
@@ -419,7 +419,46 @@ def test_searches_are_encoded_in_a_lower_priority_process_that_ends_with_the_ser
 def test_search_without_a_text_tower_says_why(sasrec_server):
     status, answer = call(sasrec_server.url, "/search", {"query": "shampoo"})
     assert status == 400 and "text tower" in answer["error"] and answer["field"] == "query"
+    status, answer = call(sasrec_server.url, "/recommend", {"history": [1, 2], "query": "shampoo"})
+    assert status == 400 and "text tower" in answer["error"] and answer["field"] == "query"
     assert call(sasrec_server.url, "/recommend", {"history": [1, 2]})[0] == 200, "the rest of the API still works"
+
+
+def test_recommend_reads_a_typed_query_after_the_history(server, twotower_dir, tiny):
+    "`query` enters the user tower as the newest item (chapter 7): the answer is the model's, through HTTP as in-process."
+    from recbook.adaptation import history_with_query_vectors
+
+    history = [1, 2, 3]
+    plain = call(server.url, "/recommend", {"history": history, "k": 5, "explain": "none"})[1]
+    status, typed = call(server.url, "/recommend", {"history": history, "k": 5, "query": " sunscreen ", "explain": "none"})
+    assert status == 200 and not typed["cold_start"] and [i["id"] for i in typed["items"]] != [i["id"] for i in plain["items"]]
+    model = load_recommender(twotower_dir)
+    user = history_with_query_vectors(model, [np.array(history)], ["sunscreen"])[0]
+    scores = model.item_vectors() @ user
+    scores[history] = -np.inf
+    assert [i["score"] for i in typed["items"]] == pytest.approx(np.sort(scores[1:])[::-1][:5], abs=1e-3)
+    alone = call(server.url, "/recommend", {"history": [], "k": 5, "query": "sunscreen"})[1]  # a query alone: no cold start
+    searched = call(server.url, "/search", {"query": "sunscreen", "k": 5})[1]
+    assert not alone["cold_start"] and [i["id"] for i in alone["items"]] == [i["id"] for i in searched["items"]]
+    assert "typed" in alone["explanation"] and all("because" not in i for i in alone["items"])
+    asins = set(tiny[0].items.asin.iloc[np.array(history) - 1])
+    for explain, one in [("similarity", history), ("occlusion", history), ("occlusion", history[:1])]:
+        status, answer = call(server.url, "/recommend", {"history": one, "k": 3, "query": "sunscreen", "explain": explain})
+        named = {r["asin"] for i in answer["items"] for r in i["because"]}
+        assert status == 200 and named and named <= asins, (explain, one, named)
+
+
+def test_a_batch_mixing_typed_plain_query_only_and_cold_requests_answers_each_as_alone(twotower_dir, tiny):
+    service = RecommendationService(load_recommender(twotower_dir), tiny[0])
+    requests = [RecQuery(np.array([1, 2, 3]), 4, query="sunscreen"), RecQuery(np.array([4, 5]), 4),
+                RecQuery(np.array([], dtype=np.int64), 4, query="shampoo"), RecQuery(np.array([], dtype=np.int64), 4),
+                RecQuery(np.array([6]), 4, query="lipstick", explain="occlusion")]
+    together = service.recommend_batch(requests)
+    for request, answer in zip(requests, together):
+        alone = service.recommend_batch([request])[0]
+        assert [i["id"] for i in answer["items"]] == [i["id"] for i in alone["items"]]
+        assert [i["score"] for i in answer["items"]] == pytest.approx([i["score"] for i in alone["items"]], abs=1e-4)
+    assert [a["cold_start"] for a in together] == [False, False, False, True, False]
 
 
 BAD_REQUESTS = {  # case: (path, JSON payload or raw bytes, HTTP status, field, words the message must contain)
@@ -447,6 +486,11 @@ BAD_REQUESTS = {  # case: (path, JSON payload or raw bytes, HTTP status, field, 
     "no body": ("/recommend", b"", 422, "body", []),
     "oversized body": ("/recommend", b" " * (MAX_BODY_BYTES + 1), 413, "body", [f"{MAX_BODY_BYTES:,}"]),
     "blank query": ("/search", {"query": "   "}, 422, "query", ["blank"]),
+    "empty query in /recommend": ("/recommend", {"history": [1], "query": ""}, 422, "query", ["at least 1 character"]),
+    "blank query in /recommend": ("/recommend", {"history": [1], "query": "  "}, 422, "query", ["blank"]),
+    "too long a query in /recommend": ("/recommend", {"history": [1], "query": "a" * (MAX_QUERY_CHARS + 1)}, 422,
+                                       "query", [f"at most {MAX_QUERY_CHARS} characters"]),
+    "a number as the query": ("/recommend", {"history": [1], "query": 42}, 422, "query", ["string"]),
     "query missing": ("/search", {"k": 3}, 422, "query", ["required"]),
     "feedback without user": ("/feedback", {"item": 1, "event": "click"}, 422, "user", ["required"]),
     "unknown event": ("/feedback", {"user": "u", "item": 1, "event": "like"}, 422, "event", ["'like'"]),
