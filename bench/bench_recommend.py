@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from benchlib import RESULTS, describe, provenance
+from recbook.privacy import PSEUDONYM_KEY_ENV, new_pseudonym_key
 from recbook.data import atomic_write
 from recbook.evaluation import default_device, load_recommender
 from recbook.serving import OnnxRecommender, export_onnx, recommend_to_file
@@ -46,6 +48,8 @@ def main() -> None:
     parser.add_argument("--out", help="record path (default bench/results/recommend-{device}.json)")
     args = parser.parse_args()
     device = default_device()
+    # user ids are written as keyed pseudonyms (chapter 8): a throwaway key unless the environment names one
+    os.environ.setdefault(PSEUDONYM_KEY_ENV, new_pseudonym_key())
     with tempfile.TemporaryDirectory() as tmp:
         written = recommend_to_file(args.model, Path(tmp) / "recs.parquet", k=args.k)
         size_mb = (Path(tmp) / "recs.parquet").stat().st_size / 2**20

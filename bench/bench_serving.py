@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import multiprocessing
 import tempfile
@@ -34,6 +35,7 @@ import numpy as np
 
 from bench_retrieval import model_to_serve, record_path
 from benchlib import describe, provenance
+from recbook.privacy import PSEUDONYM_KEY_ENV, new_pseudonym_key
 from recbook.data import atomic_write, leave_one_out, load_dataset
 from recbook.evaluation import default_device, load_recommender
 from recbook.loadtest import load_test
@@ -90,6 +92,8 @@ def measure(model_dir, max_batch: int, warmup: list, payloads: list, concurrency
 
 
 def main() -> int:
+    # the servers' feedback stores keep pseudonyms of user ids (chapter 8): a throwaway key unless the environment names one
+    os.environ.setdefault(PSEUDONYM_KEY_ENV, new_pseudonym_key())
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="a `recbook train` model directory (default: train one first)")
     parser.add_argument("--requests", type=int, help="requests per load test (default 10000; 500 with --quick)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from dataclasses import replace
@@ -154,6 +155,7 @@ def train(args) -> None:
     if args.text_encoder: towers = replace(towers, text_encoder=args.text_encoder)
     if args.epochs: training = replace(training, epochs=args.epochs)
     if args.seed is not None: training = replace(training, seed=args.seed)
+    if args.dp_epsilon is not None: return _train_private(args)
     if args.adapt not in (None, "frozen"): return _train_adapted(args, towers, training)
     _refuse_another_runs_checkpoint(Path(args.out), args.model, towers, training, args.init_from)
     metrics = train_model(args.model, load_dataset(args.dataset), args.out, towers, training, progress=args.progress,
@@ -186,6 +188,74 @@ def _train_adapted(args, towers, training) -> None:
     for name, value in result["test"].items():
         print(f"test {name:<10} {value:.4f}" if isinstance(value, float) else f"test {name:<10} {value}")
     print(f"wrote {args.out} (an ordinary two-tower model directory: recbook serve reads it)")
+
+
+def _train_private(args) -> None:
+    "`train --dp-epsilon E`: chapter 8's model (text, no item IDs) trained with DP-SGD on every user."
+    from recbook.privacy import train_private_model
+
+    if args.model != "twotower": raise ValueError("--dp-epsilon trains chapter 8's private model: it needs --model twotower")
+    # a start from weights trained without DP, or settings the private model does not read, would void or fake the guarantee
+    ignored = [flag for flag, value in (("--adapt", args.adapt not in (None, "frozen")), ("--init-from", args.init_from),
+                                        ("--config", args.config), ("--text-encoder", args.text_encoder)) if value]
+    if ignored: raise ValueError(f"--dp-epsilon cannot be combined with {', '.join(ignored)}: the private model trains "
+                                 "from scratch with chapter 8's settings")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out}: not empty; --dp-epsilon writes a new model directory (give an empty or new --out)")
+    say = (lambda line: print(line, flush=True)) if args.progress else None
+    result = train_private_model(args.dataset, args.out, args.dp_epsilon, args.smoke, args.seed or 0, args.epochs, say)
+    accounting = result["accounting"]
+    print(f"DP-SGD: epsilon {accounting['epsilon']:.3f} at delta {accounting['delta']:.2e} ({accounting['accountant']} "
+          f"accountant), noise multiplier {accounting['noise_multiplier']:.3f}, {accounting['steps']} steps, "
+          f"{accounting['users']:,} users (the unit of privacy)")
+    for name, value in result["test"].items():
+        print(f"test {name:<10} {value:.4f}" if isinstance(value, float) else f"test {name:<10} {value}")
+    print(f"wrote {args.out}")
+
+
+def keygen(args) -> None:
+    from recbook.privacy import write_pseudonym_key
+
+    path = write_pseudonym_key(args.out)
+    print(f"wrote a new pseudonym key to {path} (readable by you only); keep it out of the repository")
+
+
+def pseudonyms(args) -> None:
+    import csv
+
+    from recbook.privacy import pseudonym_key, pseudonyms as names
+
+    ids = args.ids
+    if args.file:
+        from recbook.serving import read_user_ids
+
+        ids = [*ids, *read_user_ids(args.file)]
+    if not ids: raise ValueError("give user ids, or --file with one per line (or a CSV with a 'user' column)")
+    writer = csv.writer(sys.stdout)
+    writer.writerow(["user", "pseudonym"])
+    writer.writerows(zip(ids, names(ids, _pseudonym_key(args))))
+
+
+def privacy(args) -> None:
+    from recbook.privacy import ensure_privacy_runs
+
+    epsilons = [None if e == "none" else float(e) for e in args.epsilons]
+    table = ensure_privacy_runs(args.dataset, args.records, epsilons, args.seeds, args.smoke, args.threads,
+                                say=lambda line: print(line, flush=True))
+    print(table.to_string())
+
+
+def _epsilon(value: str) -> float:
+    try: epsilon = float(value)
+    except ValueError: raise argparse.ArgumentTypeError(f"must be a positive number, got {value!r}") from None
+    if not (epsilon > 0 and math.isfinite(epsilon)): raise argparse.ArgumentTypeError(f"must be a positive number, got {value!r}")
+    return epsilon
+
+
+def _epsilon_or_none(value: str) -> str:
+    if value != "none": _epsilon(value)
+    return value
 
 
 def adaptations(args) -> None:
@@ -263,8 +333,23 @@ def evaluate(args) -> None:
             print(f"{name:<{width}}  {value:.4f}" if isinstance(value, float) else f"{name:<{width}}  {value}")
 
 
+def _pseudonym_key(args) -> bytes:
+    """The pseudonym key of a command that writes user ids (chapter 8): `--pseudonym-key FILE`, else the environment's
+    RECBOOK_PSEUDONYM_KEY; checked now, so that a missing key stops the command before it starts. A key from a file is
+    put in this process's environment, where the server's worker processes find it."""
+    import os
+
+    from recbook.privacy import PSEUDONYM_KEY_ENV, pseudonym_key
+
+    key = pseudonym_key(args.pseudonym_key)
+    os.environ[PSEUDONYM_KEY_ENV] = key.hex()
+    return key
+
+
 def serve(args) -> None:
     from recbook.serving import ServeConfig, run_server
+
+    _pseudonym_key(args)  # the feedback store keeps pseudonyms of user ids
 
     config = ServeConfig(index=args.index, max_batch=args.max_batch, cache_size=args.cache_size,
                          fast_path=not args.no_fast_path, search_process=not args.search_thread)
@@ -286,7 +371,8 @@ def recommend(args) -> None:
     from recbook.serving import recommend_to_file
 
     written = recommend_to_file(args.model, args.out, users=args.users, k=args.k, exclude_seen=not args.include_seen,
-                                skip_unknown=args.skip_unknown, dataset=args.dataset, progress=not args.quiet)
+                                skip_unknown=args.skip_unknown, dataset=args.dataset, progress=not args.quiet,
+                                key=_pseudonym_key(args))
     skipped = f"; {written['skipped_unknown']} unknown ids skipped" if written["skipped_unknown"] else ""
     print(f"wrote top-{written['k']} for {written['users']:,} users ({written['rows']:,} rows) to {written['out']} in "
           f"{written['seconds']:.1f} s{skipped}")
@@ -308,6 +394,10 @@ def _positive(value: str) -> int:
 def _port(value: str) -> int:
     if not value.isdigit() or not 0 < int(value) < 65536: raise argparse.ArgumentTypeError(f"must be 1..65535, got {value!r}")
     return int(value)
+
+
+PSEUDONYM_KEY_HELP = ("file of the key that turns user ids into pseudonyms (`recbook keygen` makes one; default: the "
+                      "RECBOOK_PSEUDONYM_KEY environment variable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -351,7 +441,30 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lora-targets", choices=["attention", "all"], default="attention",
                     help="--adapt lora: query and value maps (default), or all six linear maps of a layer")
     tr.add_argument("--adapt-epochs", type=_positive, help="--adapt: epochs of the second stage (default 3)")
+    tr.add_argument("--dp-epsilon", type=_epsilon, help="twotower: train chapter 8's private model (text, no item IDs) "
+                    "with DP-SGD, a user as the unit of privacy, spending this epsilon at delta = 1/users")
     tr.set_defaults(func=train)
+
+    kg = commands.add_parser("keygen", help="write a new secret key for pseudonymous user ids (chapter 8)")
+    kg.add_argument("--out", required=True, help="key file to create, outside the repository; never overwritten")
+    kg.set_defaults(func=keygen)
+
+    ps = commands.add_parser("pseudonyms", help="the keyed pseudonyms of user ids, as CSV (what `recommend` and the "
+                             "feedback store name users by)")
+    ps.add_argument("ids", nargs="*", help="user ids")
+    ps.add_argument("--file", help="a file of user ids: one per line, or a CSV with a 'user' column")
+    ps.add_argument("--pseudonym-key", help=PSEUDONYM_KEY_HELP)
+    ps.set_defaults(func=pseudonyms)
+
+    pv = commands.add_parser("privacy", help="train chapter 8's privacy levels x seeds whose run records are missing or stale")
+    pv.add_argument("--dataset", default="beauty", help=DATASET_HELP)
+    pv.add_argument("--records", required=True, help="folder of run records (the book's: results/privacy)")
+    pv.add_argument("--epsilons", nargs="+", type=_epsilon_or_none, default=["1", "3", "8", "none"],
+                    help="privacy levels; 'none' trains without DP (default 1 3 8 none)")
+    pv.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
+    pv.add_argument("--threads", type=_positive, help="torch threads per run (default: torch's)")
+    pv.add_argument("--smoke", action="store_true", help="the small configuration: seconds on a CPU")
+    pv.set_defaults(func=privacy)
 
     ad = commands.add_parser("adaptations", help="train chapter 7's rows x seeds whose run records are missing or stale")
     ad.add_argument("--dataset", default="beauty", help=DATASET_HELP)
@@ -416,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--threads", type=_positive, default=1, help="torch and FAISS threads per process (default 1)")
     srv.add_argument("--workers", type=_positive, default=1,
                      help="server processes on one port, each with the model, sharing the feedback store (default 1)")
+    srv.add_argument("--pseudonym-key", help=PSEUDONYM_KEY_HELP)
     srv.add_argument("--exit-after", type=float, help="stop by itself after this many seconds (demos and tests)")
     srv.add_argument("--exit-with-parent", action="store_true",
                      help="stop when the process that started this one ends, even by SIGKILL (notebooks and tests)")
@@ -433,13 +547,14 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--model", required=True, help="a `recbook train` model directory (twotower or sasrec)")
     rec.add_argument("--dataset", help="the data the model was trained on (default: what its directory records); "
                      "other data is refused")
-    rec.add_argument("--users", default="all", help="'all' (default), or a file of user ids: one per line, or a CSV "
+    rec.add_argument("--users", default="all", help="'all' (default), or a file of user pseudonyms: one per line, or a CSV "
                      "with a 'user' column")
     rec.add_argument("--k", type=_positive, default=20, help="items per user (default 20)")
     rec.add_argument("--out", required=True, help="output file, .parquet (needs pyarrow) or .csv, written atomically")
     rec.add_argument("--include-seen", action="store_true", help="keep items the user already has (default: left out)")
     rec.add_argument("--skip-unknown", action="store_true", help="leave unknown user ids out (counted) instead of failing")
     rec.add_argument("--quiet", action="store_true", help="no progress bar")
+    rec.add_argument("--pseudonym-key", help=PSEUDONYM_KEY_HELP)
     rec.set_defaults(func=recommend)
 
     ex = commands.add_parser("export", help="the user tower as ONNX, with the item vectors, for serving without PyTorch")

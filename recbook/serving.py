@@ -334,14 +334,21 @@ class FeedbackStore:
     server processes may share one file: SQLite's lock serialises their writes and its AUTOINCREMENT key gives event
     numbers that are unique across them and never reused. Readers (`recbook finetune`) do not block writers.
 
-    A JSON-lines log from before the store (`legacy`) is imported once, in the transaction that records its import."""
+    The store never holds a raw user id: each event's user is stored as its keyed pseudonym (chapter 8), so a store
+    needs the key (`key`, else the environment's RECBOOK_PSEUDONYM_KEY; a missing key is an error at opening).
+    A store written before pseudonyms has its raw user ids replaced by their pseudonyms when it is opened (once, in one
+    transaction). A JSON-lines log from before the store (`legacy`) is imported once, in the transaction that records
+    its import; the old file is left as it was, raw ids and all: delete it once it has been imported."""
 
     SCHEMA = ("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, "
               "user TEXT NOT NULL, event TEXT NOT NULL, item INTEGER NOT NULL, asin TEXT, history TEXT NOT NULL)",
               "CREATE TABLE IF NOT EXISTS imports (source TEXT PRIMARY KEY, events INTEGER NOT NULL, time REAL NOT NULL)")
     COLUMNS = ("time", "user", "event", "item", "asin", "history")
 
-    def __init__(self, path, legacy=None):
+    def __init__(self, path, legacy=None, key: bytes | None = None):
+        from recbook.privacy import pseudonym_key
+
+        self.key = pseudonym_key() if key is None else key  # before any file is made: no key, no store
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # autocommit mode: each transaction is spelled out; the timeout waits for another process's write lock
@@ -351,14 +358,15 @@ class FeedbackStore:
         self._db.execute("PRAGMA synchronous=FULL")
         with self._transaction():
             for statement in self.SCHEMA: self._db.execute(statement)
+            self._pseudonymise_raw_users()
         if legacy is not None and Path(legacy).is_file(): self._import(Path(legacy))
 
     @staticmethod
-    def at(path) -> "FeedbackStore":
+    def at(path, key: bytes | None = None) -> "FeedbackStore":
         "The store for `path`: an SQLite file, or, for a JSON-lines log `x.jsonl`, the store `x.sqlite` importing it."
         path = Path(path)
-        if path.suffix == ".jsonl": return FeedbackStore(path.with_suffix(".sqlite"), legacy=path)
-        return FeedbackStore(path, legacy=path.with_suffix(".jsonl"))
+        if path.suffix == ".jsonl": return FeedbackStore(path.with_suffix(".sqlite"), legacy=path, key=key)
+        return FeedbackStore(path, legacy=path.with_suffix(".jsonl"), key=key)
 
     @contextlib.contextmanager
     def _transaction(self):
@@ -373,10 +381,20 @@ class FeedbackStore:
                 raise
 
     def _insert(self, event: dict) -> int:
-        row = [event.get("time", time.time()), str(event["user"]), event.get("event", "click"), int(event["item"]),
+        from recbook.privacy import pseudonyms
+
+        row = [event.get("time", time.time()), pseudonyms([event["user"]], self.key)[0], event.get("event", "click"), int(event["item"]),
                event.get("asin"), json.dumps(list(event.get("history") or []))]
         return self._db.execute("INSERT INTO events (time, user, event, item, asin, history) VALUES (?, ?, ?, ?, ?, ?)",
                                 row).lastrowid
+
+    def _pseudonymise_raw_users(self) -> None:
+        "Replace every stored user that is not a pseudonym (a store from before them) by its pseudonym."
+        from recbook.privacy import is_pseudonym, pseudonyms
+
+        raw = [user for (user,) in self._db.execute("SELECT DISTINCT user FROM events") if not is_pseudonym(user)]
+        for user, name in zip(raw, pseudonyms(raw, self.key)):
+            self._db.execute("UPDATE events SET user = ? WHERE user = ?", (name, user))
 
     def _import(self, legacy: Path) -> None:
         source = str(legacy.resolve())
@@ -458,6 +476,9 @@ class ServeConfig:
     explain_window: int = 20  # occlusion removes each of the newest `explain_window` history items in turn
     # `from_dir` encodes /search queries in a process of their own (`QueryEncoderProcess`); `recbook serve` does so by default
     search_process: bool = False
+    # a typed query's weight w in /recommend's late fusion (`fused_vectors`): chapter 7 chose it on validation, where
+    # 0.1 is the best weight for a brand + category query and within 0.0003 NDCG@10 of the best (0) for a category alone
+    query_weight: float = 0.1
 
 
 @dataclass
@@ -467,8 +488,8 @@ class RecQuery:
     k: int = 10
     exclude_seen: bool = True
     explain: str = "similarity"
-    query: str | None = None  # what the user typed: it enters the user tower after the history (chapter 7)
-    query_vector: np.ndarray | None = None  # its item-space vector, if computed already (the server does, off the loop)
+    query: str | None = None  # what the user typed: fused late with the history's vector (chapter 7)
+    query_vector: np.ndarray | None = None  # its vector (as /search computes it), if computed already (the server does, off the loop)
 
 # %% ../nbs/06_serving.ipynb #72c2255f
 def similarity_contributions(vectors: np.ndarray, history: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -525,8 +546,6 @@ class RecommendationService:
         self.feedback = FeedbackStore.at(feedback) if feedback is not None else None
         # texts -> vectors for /search: the model's own text tower, on the caller's thread, unless given another
         self.encode_queries = query_encoder or getattr(model, "query_vectors", None)
-        # /recommend's typed queries: their item-space vectors, from the search process when there is one
-        self.encode_query_items = getattr(query_encoder, "items", None) or self._query_items
         if getattr(model, "has_text", False): self.encode_queries(["warm-up"])  # load the encoder now, not in a request
 
     @classmethod
@@ -561,25 +580,26 @@ class RecommendationService:
         refs = ",".join(f'{self.catalogue.ref_json[h]},"contribution":{v:.4g}}}' for h, v in zip(*because))
         return f'{head},"because":[{refs}]}}'
 
-    def _query_items(self, texts) -> np.ndarray:
-        from recbook.adaptation import query_item_vectors
-
-        return query_item_vectors(self.model, texts).float().cpu().numpy()
-
-    def user_vectors(self, histories, queries) -> np.ndarray:
-        """User vectors of histories; one with a typed query gets it as its newest item (chapter 7). `queries[i]` is
-        None, the query's text, or its item-space vector already computed (what the server passes)."""
+    def user_vectors(self, histories, queries, alone=None) -> np.ndarray:
+        """User vectors of histories. One with a typed query is fused late with the query's vector, chapter 7's best
+        combination (`fused_vectors`, weight `config.query_weight`). A request with a query and no history is the query
+        alone, as /search (`alone[i]`; by default every empty history); an empty history that is not alone (a one-item
+        history occluded for an explanation) keeps the query's share of the fusion, so that its scores are on the same
+        scale as the full answer's. `queries[i]` is None, the query's text, or its vector already computed (what the
+        server passes)."""
         users = np.zeros((len(histories), self.vectors.shape[1]), np.float32)
-        plain = [i for i, q in enumerate(queries) if q is None]
+        alone = [len(h) == 0 for h in histories] if alone is None else alone
+        known = [i for i, h in enumerate(histories) if len(h)]
+        if known: users[known] = self.model.user_vectors([histories[i] for i in known])
         typed = [i for i, q in enumerate(queries) if q is not None]
-        if plain: users[plain] = self.model.user_vectors([histories[i] for i in plain])
         if typed:
-            from recbook.adaptation import history_with_query_vectors
+            from recbook.adaptation import fused_vectors
 
             texts = [i for i in typed if isinstance(queries[i], str)]
-            vectors = dict(zip(texts, self.encode_query_items([queries[i] for i in texts]) if texts else []))
-            items = np.stack([vectors[i] if i in vectors else queries[i] for i in typed])
-            users[typed] = history_with_query_vectors(self.model, [histories[i] for i in typed], query_items=items)
+            encoded = dict(zip(texts, self.encode_queries([queries[i] for i in texts]) if texts else []))
+            query = np.stack([encoded[i] if i in encoded else queries[i] for i in typed]).astype(np.float32)
+            fused = fused_vectors(users[typed], query, self.vectors, self.config.query_weight)
+            users[typed] = np.where(np.array([[alone[i]] for i in typed]), query, fused)  # an empty history adds 0
         return users
 
     def cold_start(self, k: int) -> dict:
@@ -602,7 +622,8 @@ class RecommendationService:
                     for q in warm]
         typed = [None if q.query is None else q.query if q.query_vector is None else q.query_vector for q in warm]
         users = self.user_vectors([q.history for q in warm] + sum(occluded, []),
-                                  typed + [t for t, removed in zip(typed, occluded) for _ in removed])
+                                  typed + [t for t, removed in zip(typed, occluded) for _ in removed],
+                                  [len(q.history) == 0 for q in warm] + [False] * sum(map(len, occluded)))
         found = top_items(self.index, users[:len(warm)], max(q.k for q in warm),
                           [q.history if q.exclude_seen else None for q in warm])
         start, out = len(warm), []
@@ -688,12 +709,6 @@ def _start_query_encoder(model_dir: str, threads: int, niceness: int) -> None:
 def _encode_queries(texts: list[str]) -> np.ndarray: return _query_model.query_vectors(texts)
 
 
-def _encode_query_items(texts: list[str]) -> np.ndarray:
-    from recbook.adaptation import query_item_vectors
-
-    return query_item_vectors(_query_model, texts).float().cpu().numpy()
-
-
 class QueryEncoderProcess:
     """`query_vectors` of the model in `model_dir`, computed in a child process of lower CPU priority (`niceness`) with
     `threads` torch threads: encoding search queries then neither holds this process's GIL nor takes the cores that
@@ -702,7 +717,7 @@ class QueryEncoderProcess:
     def __init__(self, model_dir, threads: int = 1, niceness: int = 19):
         from recbook import serving  # the package's functions: a new process cannot import a notebook's definitions
 
-        self._encode, self._encode_items = serving._encode_queries, serving._encode_query_items
+        self._encode = serving._encode_queries
         self.executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                             initializer=serving._start_query_encoder,
                                             initargs=(str(model_dir), threads, niceness))
@@ -712,12 +727,6 @@ class QueryEncoderProcess:
 
     def __call__(self, texts) -> np.ndarray:
         try: return self.executor.submit(self._encode, list(texts)).result()
-        except BrokenProcessPool:
-            raise ServingError("the search process has stopped; restart the server", "query", 503) from None
-
-    def items(self, texts) -> np.ndarray:
-        "The texts' item-space vectors (`query_item_vectors`), for /recommend's typed queries."
-        try: return self.executor.submit(self._encode_items, list(texts)).result()
         except BrokenProcessPool:
             raise ServingError("the search process has stopped; restart the server", "query", 503) from None
 
@@ -856,8 +865,8 @@ class RecommendRequest(BaseModel):
     explain: Literal["similarity", "occlusion", "none"] = Field("similarity", description="how to name the history "
                                                                 "items behind each recommendation")
     query: Annotated[str, StringConstraints(min_length=1, max_length=MAX_QUERY_CHARS), AfterValidator(_not_blank)] | None = \
-        Field(None, description="optional: what the user typed (e.g. 'nail polish'); read by the text tower and placed "
-              "after the history, as chapter 7 measures")
+        Field(None, description="optional: what the user typed (e.g. 'nail polish'); read by the text tower and fused "
+              "late with the history (weight chosen on validation in chapter 7)")
 
 
 class SearchRequest(BaseModel):
@@ -1085,7 +1094,7 @@ def make_app(service: RecommendationService):
             vector = None
             if query is not None:  # the text encoder runs on the search thread, never on the event loop
                 vector = (await asyncio.get_running_loop().run_in_executor(
-                    searcher.executor, service.encode_query_items, [query]))[0]
+                    searcher.executor, service.encode_queries, [query]))[0]
             text = await recommender.submit(RecQuery(history, body.k, body.exclude_seen, body.explain, query, vector))
             cache.put(key, text)
         return text
@@ -1314,39 +1323,44 @@ def write_table(frame: pd.DataFrame, out) -> Path:
 
 
 def recommend_to_file(model_dir, out, users="all", k: int = 20, exclude_seen: bool = True, skip_unknown: bool = False,
-                      dataset=None, batch_size: int = 2048, progress: bool = False) -> dict:
-    """What `recbook recommend` runs: top-`k` per user, by the shop's ids, from each user's whole history, written to
-    `out` in one piece (`write_table`). `users`: "all", a list of ids, or a file of ids (`read_user_ids`). Unknown ids
-    are an error that lists them, or with `skip_unknown` are left out and counted. `dataset`, if given, must be the
-    data the model was trained on. Returns what was written: users, rows, skipped ids, seconds."""
+                      dataset=None, batch_size: int = 2048, progress: bool = False, key: bytes | None = None) -> dict:
+    """What `recbook recommend` runs: top-`k` per user from each user's whole history, written to `out` in one piece
+    (`write_table`). Users are named by their keyed pseudonyms (chapter 8; `key`, else RECBOOK_PSEUDONYM_KEY), in the
+    output and in `users`: "all", a list of pseudonyms, or a file of them (`read_user_ids`); no raw id is written.
+    Unknown ones are an error that lists them, or with `skip_unknown` are left out and counted. `dataset`, if given,
+    must be the data the model was trained on. Returns what was written: users, rows, skipped ids, seconds."""
     from tqdm.auto import tqdm
 
+    from recbook.privacy import pseudonym_key, pseudonyms
     from recbook.training import check_trained_on, load_trained
 
     started = time.perf_counter()
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ServingError(f"k must be a positive integer, got {k!r}", "k")
     check_output(out)  # a bad --out fails before the work, not after it
+    key = pseudonym_key() if key is None else key
     wanted = (None if isinstance(users, str) and users == "all" else read_user_ids(users) if isinstance(users, (str, Path))
               else [str(u) for u in users])
     model = load_trained(model_dir)
     if dataset is not None: check_trained_on(model_dir, model.model, load_dataset(dataset))
     model.model.freeze_items()  # the item tower once, not once per batch: the weights will not change
     if k > model.dataset.n_items: raise ServingError(f"k must be at most the {model.dataset.n_items:,} items, got {k}", "k")
-    everyone = [str(u) for u in model.dataset.user_ids]
-    if wanted is None: wanted = everyone
-    known = set(everyone)
-    unknown = [u for u in wanted if u not in known]
+    everyone = [str(u) for u in model.dataset.user_ids]  # raw ids: they stay in this function
+    names = pseudonyms(everyone, key)
+    raw_of, name_of = dict(zip(names, everyone)), dict(zip(everyone, names))
+    if wanted is None: wanted = names
+    unknown = [u for u in wanted if u not in raw_of]
     if unknown and not skip_unknown:
         shown = ", ".join(map(repr, unknown[:10])) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
-        raise ServingError(f"unknown user(s) {shown} ({len(unknown)} of the {len(wanted)} given; --skip-unknown leaves "
-                           "them out)", "users")
-    wanted = [u for u in wanted if u in known]
+        raise ServingError(f"unknown user(s) {shown} ({len(unknown)} of the {len(wanted)} given; users are named by "
+                           "their pseudonyms under this key; --skip-unknown leaves them out)", "users")
+    wanted = [u for u in wanted if u in raw_of]
     if not wanted: raise ServingError(f"none of the {len(unknown)} users given is known to the model", "users")
     frames = []
     with tqdm(total=len(wanted), unit="user", disable=not progress, desc="recommend") as bar:
         for start in range(0, len(wanted), batch_size):
-            frames.append(model.recommend_users(wanted[start:start + batch_size], k, exclude_seen))
+            chunk = model.recommend_users([raw_of[u] for u in wanted[start:start + batch_size]], k, exclude_seen)
+            frames.append(chunk.assign(user=chunk["user"].astype(str).map(name_of)))
             bar.update(min(batch_size, len(wanted) - start))
     frame = pd.concat(frames, ignore_index=True)
     write_table(frame, out)

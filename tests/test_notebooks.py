@@ -96,7 +96,7 @@ def _library_vocabulary() -> tuple[set[str], set[str]]:
     import inspect
 
     names, parameters = set(), set()
-    for module in ("data", "pretraining", "towers", "training", "evaluation", "serving", "adaptation"):
+    for module in ("data", "pretraining", "towers", "training", "evaluation", "serving", "adaptation", "privacy"):
         for name, value in vars(importlib.import_module(f"recbook.{module}")).items():
             names.add(name)
             if inspect.isclass(value):

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 from recbook.data import leave_one_out, load_dataset
-from recbook.evaluation import load_recommender
+from recbook.evaluation import EvaluationError, load_recommender
+from recbook.privacy import pseudonym_key, pseudonyms
 from recbook.loadtest import load_test, plot_latency_histogram
 from recbook.serving import (EXPLANATIONS, MAX_BODY_BYTES, MAX_K, MAX_QUERY_CHARS, BackgroundServer, FeedbackStore, ItemIndex,
                              MicroBatcher, RecommendationService, RecQuery, ServingError, call, compare_indexes,
                              fastest_at_recall, feedback_sequences, make_app, recall_at_k, synthetic_catalogue,
-                             top_items, free_port)
+                             top_items, free_port, ServeConfig)
 
 
 def recbook(*args):
@@ -157,24 +158,29 @@ def test_synthetic_catalogue_has_the_models_dimension_padding_and_a_seed():
 
 # --- the feedback log, without a server ----------------------------------------------------------------------------
 
-def test_feedback_store_commits_each_event_and_a_failed_one_leaves_no_trace(tmp_path):
+def test_feedback_store_commits_each_event_and_a_failed_one_leaves_no_trace(tmp_path, monkeypatch):
     path = tmp_path / "logs" / "feedback.sqlite"
     store = FeedbackStore(path)
+    name = dict(zip("abcz", pseudonyms("abcz", pseudonym_key())))  # the store keeps pseudonyms, never the ids sent
     assert store.append({"user": "a", "item": 3, "history": [1, 2]}) == 1
-    assert FeedbackStore.read(path)[0] == {**FeedbackStore.read(path)[0], "id": 1, "user": "a", "item": 3,
+    assert FeedbackStore.read(path)[0] == {**FeedbackStore.read(path)[0], "id": 1, "user": name["a"], "item": 3,
                                           "history": [1, 2]}, "readable by another connection once append returns"
     import sqlite3
     with sqlite3.connect(path) as db:  # a write that fails inside its transaction, as a full disk would make it
-        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.user = 'fail' "
+        db.execute(f"CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.user = '{name['z']}' "
                    "BEGIN SELECT RAISE(ABORT, 'simulated failure'); END")
     with pytest.raises(sqlite3.DatabaseError, match="simulated"):
-        store.append({"user": "fail", "item": 4})
+        store.append({"user": "z", "item": 4})
     assert store.append({"user": "b", "item": 5}) == 2, "the failed event was rolled back whole"
     store.close()
     reopened = FeedbackStore(path)
     assert reopened.count == 2 and reopened.append({"user": "c", "item": 6}) == 3
     reopened.close()
-    assert [e["user"] for e in FeedbackStore.read(path)] == ["a", "b", "c"]
+    assert [e["user"] for e in FeedbackStore.read(path)] == [name["a"], name["b"], name["c"]]
+    monkeypatch.delenv("RECBOOK_PSEUDONYM_KEY")
+    with pytest.raises(EvaluationError, match="no pseudonym key"):  # no key, no store: nothing is created
+        FeedbackStore(tmp_path / "other" / "feedback.sqlite")
+    assert not (tmp_path / "other").exists()
 
 
 def test_an_old_json_lines_log_is_imported_once_and_its_torn_line_skipped(tmp_path):
@@ -207,7 +213,8 @@ def test_processes_writing_one_store_get_unique_event_numbers(tmp_path):
     assert all(run.returncode == 0 for run in runs)
     assert sorted(numbers) == list(range(1, 301)), "every event numbered once, no number twice"
     events = FeedbackStore.read(path)
-    assert [e["id"] for e in events] == list(range(1, 301)) and {e["user"] for e in events} == {"p", "q", "r"}
+    assert [e["id"] for e in events] == list(range(1, 301))
+    assert {e["user"] for e in events} == set(pseudonyms("pqr", pseudonym_key())), "each writer's user, as its pseudonym"
 
 
 # --- the service in-process: what depends on a batch or on the catalogue's ids -------------------------------------
@@ -424,19 +431,22 @@ def test_search_without_a_text_tower_says_why(sasrec_server):
     assert call(sasrec_server.url, "/recommend", {"history": [1, 2]})[0] == 200, "the rest of the API still works"
 
 
-def test_recommend_reads_a_typed_query_after_the_history(server, twotower_dir, tiny):
-    "`query` enters the user tower as the newest item (chapter 7): the answer is the model's, through HTTP as in-process."
-    from recbook.adaptation import history_with_query_vectors
+def test_recommend_fuses_a_typed_query_with_the_history(server, twotower_dir, tiny):
+    "`query` is fused late with the history (chapter 7's best combination): the answer is the model's, through HTTP as in-process."
+    from recbook.adaptation import fused_vectors
 
     history = [1, 2, 3]
     plain = call(server.url, "/recommend", {"history": history, "k": 5, "explain": "none"})[1]
     status, typed = call(server.url, "/recommend", {"history": history, "k": 5, "query": " sunscreen ", "explain": "none"})
-    assert status == 200 and not typed["cold_start"] and [i["id"] for i in typed["items"]] != [i["id"] for i in plain["items"]]
+    assert status == 200 and not typed["cold_start"]
     model = load_recommender(twotower_dir)
-    user = history_with_query_vectors(model, [np.array(history)], ["sunscreen"])[0]
-    scores = model.item_vectors() @ user
+    items = model.item_vectors()
+    user = fused_vectors(model.user_vectors([np.array(history)]), model.query_vectors(["sunscreen"]), items,
+                         ServeConfig().query_weight)[0]
+    scores = items @ user
     scores[history] = -np.inf
     assert [i["score"] for i in typed["items"]] == pytest.approx(np.sort(scores[1:])[::-1][:5], abs=1e-3)
+    assert [i["score"] for i in typed["items"]] != pytest.approx([i["score"] for i in plain["items"]], abs=1e-3)
     alone = call(server.url, "/recommend", {"history": [], "k": 5, "query": "sunscreen"})[1]  # a query alone: no cold start
     searched = call(server.url, "/search", {"query": "sunscreen", "k": 5})[1]
     assert not alone["cold_start"] and [i["id"] for i in alone["items"]] == [i["id"] for i in searched["items"]]
@@ -459,6 +469,47 @@ def test_a_batch_mixing_typed_plain_query_only_and_cold_requests_answers_each_as
         assert [i["id"] for i in answer["items"]] == [i["id"] for i in alone["items"]]
         assert [i["score"] for i in answer["items"]] == pytest.approx([i["score"] for i in alone["items"]], abs=1e-4)
     assert [a["cold_start"] for a in together] == [False, False, False, True, False]
+
+
+def test_occluding_a_one_item_history_with_a_query_keeps_the_fused_scale(twotower_dir, tiny):
+    "The contribution of the only history item is the full fused score minus the query's share of it, (1 - w) h / sd."
+    from recbook.adaptation import fused_vectors
+
+    model = load_recommender(twotower_dir)
+    weight = ServeConfig().query_weight
+    answer = RecommendationService(model, tiny[0]).recommend_batch(
+        [RecQuery(np.array([6]), 3, query="lipstick", explain="occlusion")])[0]
+    items = model.item_vectors()
+    history, query = model.user_vectors([np.array([6])]), model.query_vectors(["lipstick"])
+    share = fused_vectors(history, query, items, weight) - fused_vectors(np.zeros_like(history), query, items, weight)
+    for item in answer["items"]:
+        assert item["because"][0]["id"] == 6
+        assert item["because"][0]["contribution"] == pytest.approx(float(share[0] @ items[item["id"]]), rel=1e-3, abs=1e-4)
+
+
+def test_a_store_from_before_pseudonyms_is_converted_when_opened(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "feedback.sqlite"
+    FeedbackStore(path).close()
+    with sqlite3.connect(path) as db:  # what a store written before chapter 8 holds: raw user ids
+        db.execute("INSERT INTO events (time, user, event, item, asin, history) VALUES (1, 'raw-7', 'click', 3, NULL, '[]')")
+    FeedbackStore(path).close()
+    assert [e["user"] for e in FeedbackStore.read(path)] == pseudonyms(["raw-7"], pseudonym_key())
+
+
+def test_the_query_weight_moves_recommend_from_the_history_to_search(twotower_dir, tiny):
+    "Weight 0 answers as the history alone, weight 1 as /search of the query: late fusion spans the two."
+    model, history = load_recommender(twotower_dir), np.array([1, 2, 3])
+    answer = lambda weight, request: RecommendationService(model, tiny[0], config=ServeConfig(query_weight=weight)
+                                                           ).recommend_batch([request])[0]["items"]
+    ids = lambda items: [i["id"] for i in items]
+    typed = RecQuery(history, 5, query="sunscreen", explain="none")
+    plain = answer(0.0, RecQuery(history, 5, explain="none"))
+    assert ids(answer(0.0, typed)) == ids(plain)
+    searched = RecommendationService(model, tiny[0]).search_batch([("sunscreen", 20)])[0]["items"]
+    assert ids(answer(1.0, typed)) == [i for i in ids(searched) if i not in set(history.tolist())][:5]
+    assert ids(answer(1.0, typed)) != ids(plain)
 
 
 BAD_REQUESTS = {  # case: (path, JSON payload or raw bytes, HTTP status, field, words the message must contain)
@@ -571,14 +622,15 @@ def test_feedback_survives_a_crash_and_fine_tunes_a_model(sasrec_dir, tiny, tmp_
         for number, event in enumerate(events, start=1):
             assert call(first.url, "/feedback", event) == (201, {"stored": True, "event": number})
             logged = FeedbackStore.read(store)  # on disk as soon as it is acknowledged
-            assert len(logged) == number and logged[-1]["asin"] == event["item"] and logged[-1]["user"] == event["user"]
+            assert len(logged) == number and logged[-1]["asin"] == event["item"]
+            assert logged[-1]["user"] == pseudonyms([event["user"]], pseudonym_key())[0], "stored as its pseudonym"
         assert logged[0]["history"] == [1, 2] and logged[0]["event"] == "click", "ids resolved before logging"
         first.stop(kill=True)  # SIGKILL: no clean shutdown
     with serve(sasrec_dir, tmp_path) as second:
         assert call(second.url, "/healthz")[1]["feedback_events"] == len(events)
         late = {"user": "late", "item": 1, "event": "click"}
         assert call(second.url, "/feedback", late) == (201, {"stored": True, "event": len(events) + 1})
-    assert [e["user"] for e in FeedbackStore.read(store)] == [e["user"] for e in events] + ["late"]
+    assert [e["user"] for e in FeedbackStore.read(store)] == pseudonyms([e["user"] for e in events] + ["late"], pseudonym_key())
 
     tuned = tmp_path / "tuned"
     result = recbook("finetune", "--model", sasrec_dir, "--feedback", store, "--out", tuned)
@@ -630,7 +682,9 @@ def test_server_processes_sharing_a_store_lose_no_acknowledged_event_when_killed
     assert len(pids) == 3, "server a answered from both of its workers"
     stored = {e["user"]: e["id"] for e in FeedbackStore.read(store)}
     assert len(stored) == len(FeedbackStore.read(store)), "no event stored twice"
-    assert all(stored.get(user) == answer["event"] for user, answer in acknowledged), "every acknowledged event, as numbered"
+    key = pseudonym_key()
+    assert all(stored.get(pseudonyms([user], key)[0]) == answer["event"] for user, answer in acknowledged), \
+        "every acknowledged event, as numbered"
     with serve(sasrec_dir, tmp_path) as again:
         number = call(again.url, "/feedback", {"user": "after", "item": 1, "event": "click"})[1]["event"]
     assert number > max(stored.values()), "numbers are never reused"
@@ -671,14 +725,16 @@ def test_recommend_writes_every_users_top_k_by_their_ids_and_refuses_bad_input(s
     assert result.returncode == 0, result.stderr[-2000:]
     recs = pd.read_parquet(tmp_path / "all.parquet")
     assert list(recs.columns) == ["user", "rank", "item", "id", "title", "score"] and len(recs) == ds.n_users * 7
-    assert set(recs.user.astype(str)) == set(map(str, ds.user_ids)) and (recs.groupby("user")["rank"].max() == 7).all()
-    histories = {str(u): set(s.tolist()) for u, s in zip(ds.user_ids, ds.sequences)}  # train + valid + test items
+    names = pseudonyms(ds.user_ids, pseudonym_key())  # users leave only as keyed pseudonyms (chapter 8)
+    assert set(recs.user.astype(str)) == set(names) and (recs.groupby("user")["rank"].max() == 7).all()
+    assert not set(recs.user.astype(str)) & set(map(str, ds.user_ids)), "no raw user id in the file"
+    histories = {n: set(s.tolist()) for n, s in zip(names, ds.sequences)}  # train + valid + test items
     assert not any(item in histories[str(user)] for user, item in zip(recs.user, recs.id))
     assert (recs.groupby("user")["score"].diff().dropna() <= 0).all()
     asins = dict(zip(range(1, ds.n_items + 1), ds.items["asin"].astype(str)))
     assert all(asins[i] == a for i, a in zip(recs.id, recs.item)), "the shop's item ids"
 
-    users = [str(u) for u in ds.user_ids[:2]]
+    users = names[:2]
     (tmp_path / "users.txt").write_text(f"{users[0]}\n\nnobody\n{users[1]}\n")
     unknown = recbook("recommend", "--model", sasrec_dir, "--users", tmp_path / "users.txt", "--out", tmp_path / "u.csv")
     assert unknown.returncode == 2 and "'nobody'" in unknown.stderr and "1 of the 3" in unknown.stderr
