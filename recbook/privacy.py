@@ -586,7 +586,7 @@ def popularity_penalised(score_fn, item_counts: np.ndarray, weight: float):
     return scores
 
 
-def popularity_curve(score_fn, split: Split, n_items: int, weights=(0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0),
+def popularity_curve(score_fn, split: Split, n_items: int, weights=(0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0),
                      parts=("valid", "test"), k: int = 10, device=None) -> pd.DataFrame:
     """NDCG@k, HR@k, exposure Gini, average popularity and item coverage of the top-k lists for each re-ranking
     weight, on each part (counts from what a model may see before that part)."""
@@ -603,7 +603,7 @@ def popularity_curve(score_fn, split: Split, n_items: int, weights=(0, 0.25, 0.5
     return pd.DataFrame(rows)
 
 
-def chosen_weight(curve: pd.DataFrame, keep: float = 0.95, k: int = 10) -> float:
+def chosen_weight(curve: pd.DataFrame, keep: float = 0.9, k: int = 10) -> float:
     "The largest re-ranking weight whose validation NDCG@k is at least `keep` times the unpenalised model's."
     valid = curve[curve.part == "valid"].set_index("weight")[f"NDCG@{k}"]
     return float(max(w for w, v in valid.items() if v >= keep * valid.loc[0]))
